@@ -1,0 +1,83 @@
+"""Linear Recurrent Unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks for Long
+Sequences", arXiv 2303.06349; Sec. 3 and the JAX code of its Appendix A).
+
+    lambda = exp(-exp(nu_log) + i exp(theta_log))              complex, diagonal, |lambda| < 1
+    h_t = lambda * h_{t-1} + exp(gamma_log) * (B x_t)          h: complex (state_dim,)
+    y_t = Re(C h_t) + D * x_t
+
+Ring initialisation: |lambda| uniform on the ring [r_min, r_max] (area-uniform), phase uniform in
+[0, max_phase]; gamma_log starts at log sqrt(1 - |lambda|^2), which keeps E|h|^2 at the scale of the
+input (Sec. 3.3). Complex numbers are kept as (real, imaginary) pairs of real tensors, so the state is
+real and the module works in float32 and float64 alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Backbone
+from .scan import cmul, complex_linear_scan
+
+
+class LRUMixer(nn.Module):
+    """The LRU recurrence. State: (h_re, h_im), each (B, state_dim)."""
+
+    def __init__(self, dim: int, state_dim: int, r_min: float, r_max: float, max_phase: float):
+        super().__init__()
+        self.state_dim = state_dim
+        u1, u2 = torch.rand(state_dim), torch.rand(state_dim)
+        nu_log = torch.log(-0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2))
+        self.nu_log = nn.Parameter(nu_log)  # (N,)
+        self.theta_log = nn.Parameter(torch.log(max_phase * u2))  # (N,)
+        self.gamma_log = nn.Parameter(torch.log(torch.sqrt(1 - torch.exp(-2 * torch.exp(nu_log)))))  # (N,)
+        self.B_re = nn.Parameter(torch.randn(state_dim, dim) / math.sqrt(2 * dim))  # (N, dim)
+        self.B_im = nn.Parameter(torch.randn(state_dim, dim) / math.sqrt(2 * dim))
+        self.C_re = nn.Parameter(torch.randn(dim, state_dim) / math.sqrt(state_dim))  # (dim, N)
+        self.C_im = nn.Parameter(torch.randn(dim, state_dim) / math.sqrt(state_dim))
+        self.D = nn.Parameter(torch.randn(dim))  # (dim,)
+
+    def state_shapes(self, batch_size: int) -> list[tuple[int, ...]]:
+        return [(batch_size, self.state_dim)] * 2
+
+    def _lambda(self) -> tuple[torch.Tensor, torch.Tensor]:
+        modulus, phase = torch.exp(-torch.exp(self.nu_log)), torch.exp(self.theta_log)  # (N,)
+        return modulus * torch.cos(phase), modulus * torch.sin(phase)
+
+    def _input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """gamma * (B x): (..., dim) -> two (..., N)."""
+        gamma = torch.exp(self.gamma_log).unsqueeze(-1)  # (N, 1)
+        return F.linear(x, gamma * self.B_re), F.linear(x, gamma * self.B_im)
+
+    def _output(self, h_re: torch.Tensor, h_im: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Re(C h) + D * x: (..., N) twice and (..., dim) -> (..., dim)."""
+        return F.linear(h_re, self.C_re) - F.linear(h_im, self.C_im) + self.D * x
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        h_re, h_im = complex_linear_scan(*self._lambda(), *self._input(x), *state)  # (B, T, N) each
+        return self._output(h_re, h_im, x), (h_re[:, -1], h_im[:, -1])
+
+    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        u_re, u_im = self._input(x)  # (B, N)
+        h_re, h_im = cmul(*self._lambda(), *state)
+        h_re, h_im = h_re + u_re, h_im + u_im
+        return self._output(h_re, h_im, x), (h_re, h_im)
+
+
+class LRU(Backbone):
+    """Residual stack of LRU mixers. State: (h_re_1, h_im_1, ..., h_re_L, h_im_L), each (B, state_dim)."""
+
+    def __init__(self, dim: int, n_layers: int, *, state_dim: int | None = None, r_min: float = 0.9,
+                 r_max: float = 0.999, max_phase: float = 2 * math.pi, mlp_expansion: int = 4,
+                 dropout: float = 0.0):
+        """`state_dim`: complex state size N (default 2 * dim; the paper tunes it per task).
+        `r_min`, `r_max`, `max_phase`: ring init. 0.9 / 0.999 / 2 pi is the ring the paper trains most
+        Long Range Arena tasks from (Sec. 3.3, appendix hyper-parameters); its Appendix A code and the
+        minimal-LRU reference take r_min=0, r_max=1 as argument defaults instead.
+        `mlp_expansion`: MLP width / dim (GPT-2 and DT: 4). `dropout`: on the residual branches."""
+        N = state_dim or 2 * dim
+        super().__init__(dim, n_layers, lambda: LRUMixer(dim, N, r_min, r_max, max_phase),
+                         mlp_expansion=mlp_expansion, dropout=dropout)

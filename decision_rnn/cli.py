@@ -1,0 +1,229 @@
+"""`decision-rnn` command line: train, evaluate, export.
+
+Config precedence: dataclass defaults (the paper's) < `--config FILE` (JSON: {"model": {...},
+"train": {...}}) < flags given on the command line. `--resume` reuses the run's saved config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .config import ModelConfig, TrainConfig, config_from_dict
+
+log = logging.getLogger("decision_rnn")
+
+# Config fields exposed as `train` flags (--embed-dim ...), with their argparse types.
+MODEL_FLAGS = {"backbone": str, "tokens": str, "embed_dim": int, "n_layers": int, "dropout": float,
+               "context_len": int}
+TRAIN_FLAGS = {"steps": int, "batch_size": int, "context": str, "episode_batch_size": int,
+               "episode_max_len": int, "lr": float, "weight_decay": float, "warmup_steps": int, "seed": int,
+               "device": str, "compile": bool, "log_every": int, "checkpoint_every": int, "eval_every": int,
+               "eval_episodes": int, "target_return": float}
+
+
+def default_context(backbone: str) -> str:
+    """Recurrent backbones train on whole episodes (their rollout mode); the transformer on DT windows.
+
+    Chosen by measurement: see README "Window vs episode context" and experiments/context_ablation.py.
+    """
+    return "window" if backbone == "transformer" else "episode"
+
+
+def _configs(args, dataset) -> tuple[ModelConfig, TrainConfig]:
+    file_cfg = json.loads(Path(args.config).read_text()) if args.config else {}
+    unknown = set(file_cfg) - {"model", "train"}
+    if unknown:
+        raise ValueError(f"--config {args.config}: unknown top-level keys {sorted(unknown)}; use 'model' and 'train'")
+    model = {"obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim, **file_cfg.get("model", {})}
+    train = dict(file_cfg.get("train", {}))
+    for section, flags in ((model, MODEL_FLAGS), (train, TRAIN_FLAGS)):
+        section.update({name: getattr(args, name) for name in flags if getattr(args, name) is not None})
+    model_cfg = config_from_dict(ModelConfig, model)
+    train.setdefault("context", default_context(model_cfg.backbone))
+    return model_cfg, config_from_dict(TrainConfig, train)
+
+
+def cmd_train(args) -> int:
+    from .data import EMBEDDED_DATASET, load_dataset
+    from .evaluation import default_target_return, make_eval_hook
+    from .training import train
+
+    ids = args.dataset or [str(EMBEDDED_DATASET)]
+    dataset = load_dataset(ids if len(ids) > 1 else ids[0], download=args.download)
+    out = Path(args.out or f"runs/{(args.backbone or 'mingru')}-{Path(ids[0]).name}")
+    if args.resume and (out / "config.json").exists():
+        saved = json.loads((out / "config.json").read_text())
+        model_cfg = config_from_dict(ModelConfig, saved["model"])
+        train_dict = saved["train"]
+        if args.steps is not None:
+            train_dict["steps"] = args.steps
+        train_cfg = config_from_dict(TrainConfig, train_dict)
+    else:
+        model_cfg, train_cfg = _configs(args, dataset)
+    hook = None
+    if train_cfg.eval_every:
+        target = train_cfg.target_return or default_target_return(dataset.env_id)
+        hook = make_eval_hook(dataset.env_id, train_cfg.eval_episodes, target)
+    log.info("training %s (%s tokens, %s context) on %s -> %s",
+             model_cfg.backbone, model_cfg.tokens, train_cfg.context, ", ".join(dataset.ids), out)
+    summary = train(dataset, model_cfg, train_cfg, out, resume=args.resume, eval_hook=hook)
+    print(json.dumps({"run": str(out), **summary}))
+    return 0
+
+
+def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="cpu", out_dir=None) -> dict:
+    """Evaluate a run's last checkpoint; writes per-episode CSV and a JSON summary next to it."""
+    from .evaluation import default_target_return, rollout
+    from .policy import Policy
+
+    policy = Policy.load(run, device=device)
+    env_id = policy.env_id
+    targets = list(target_returns or [default_target_return(env_id)])
+    frames = [
+        rollout(policy, env_id, episodes, t, seed=s * 1_000_003).assign(seed_group=s)
+        for t in targets
+        for s in seeds
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    rows = []
+    for t, g in frame.groupby("target_return"):
+        per_seed = g.groupby("seed_group")["normalized_score"].mean()
+        rows.append({
+            "target_return": float(t),
+            "episodes": int(len(g)),
+            "seeds": int(per_seed.size),
+            "score_mean": float(g.normalized_score.mean()),
+            "score_std_episodes": float(g.normalized_score.std(ddof=0)),
+            "score_std_seeds": float(per_seed.std(ddof=0)) if per_seed.size > 1 else None,
+            "return_mean": float(g["return"].mean()),
+            "length_mean": float(g["length"].mean()),
+        })
+    summary = {
+        "run": str(run),
+        "checkpoint": policy.meta["path"],
+        "checkpoint_step": policy.meta["step"],
+        "checkpoint_kind": "last",
+        "env_id": env_id,
+        "datasets": policy.meta.get("datasets"),
+        "backbone": policy.model.config.backbone,
+        "device": str(device),
+        "results": rows,
+    }
+    out_dir = Path(out_dir or Path(policy.meta["path"]).parent.parent / "eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_dir / "episodes.csv", index=False)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary["files"] = {"episodes": str(out_dir / "episodes.csv"), "summary": str(out_dir / "summary.json")}
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"{summary['backbone']} on {summary['env_id']} ({', '.join(summary['datasets'] or [])}), "
+        f"last checkpoint step {summary['checkpoint_step']}",
+        f"{'target':>8} {'episodes':>8} {'normalized score':>22} {'return':>9} {'length':>7}",
+    ]
+    for r in summary["results"]:
+        spread = f"± {r['score_std_episodes']:.1f}"
+        if r["score_std_seeds"] is not None:
+            spread += f" (seeds ± {r['score_std_seeds']:.1f})"
+        lines.append(f"{r['target_return']:>8.0f} {r['episodes']:>8d} {r['score_mean']:>8.1f} {spread:<13} "
+                     f"{r['return_mean']:>9.1f} {r['length_mean']:>7.0f}")
+    return "\n".join(lines)
+
+
+def quickstart(args) -> str:
+    """No run given: train a small agent on the embedded dataset, then evaluate it (README main job)."""
+    from .data import EMBEDDED_DATASET, load_dataset
+    from .training import train
+
+    dataset = load_dataset(str(EMBEDDED_DATASET))
+    out = Path(args.quickstart_out)
+    model_cfg = ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone="mingru", tokens="compact")
+    train_cfg = TrainConfig(steps=args.quickstart_steps, context="episode", warmup_steps=500, lr=1e-3,
+                            checkpoint_every=args.quickstart_steps, log_every=50, device=args.device)
+    log.info("quickstart: %d updates of %s on %s (%d episodes)", train_cfg.steps, model_cfg.backbone,
+             dataset.ids[0], dataset.num_episodes)
+    train(dataset, model_cfg, train_cfg, out, resume=True)
+    return str(out)
+
+
+def cmd_evaluate(args) -> int:
+    run = args.run or quickstart(args)
+    summary = evaluate_run(run, episodes=args.episodes, target_returns=args.target_return,
+                           seeds=args.seed or [0], device=args.device)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx, export_torchscript
+    from .policy import Policy
+
+    policy = Policy.load(args.run)
+    out = Path(args.out or Path(policy.meta["path"]) / "policy")
+    paths = []
+    if args.format in ("onnx", "all"):
+        paths.append(export_onnx(policy.model, out.with_suffix(".onnx")))
+    if args.format in ("torchscript", "all"):
+        paths.append(export_torchscript(policy.model, out.with_suffix(".pt")))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", help="run directory or checkpoint (none: quickstart on the embedded data)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per target return and seed")
+    p.add_argument("--target-return", type=float, action="append", help="repeatable; default: DT's per env")
+    p.add_argument("--seed", type=int, action="append", help="repeatable: several seeds give a std over seeds")
+    p.add_argument("--device", default="cpu", help="where the policy network runs (MuJoCo always on CPU)")
+    p.add_argument("--json", action="store_true", help="print the JSON summary instead of a table")
+    p.add_argument("--quickstart-steps", type=int, default=1500, help=argparse.SUPPRESS)
+    p.add_argument("--quickstart-out", default="runs/quickstart", help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="decision-rnn", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an agent on offline data")
+    t.add_argument("--dataset", action="append", help="Minari id, Minari dataset dir or D4RL .hdf5; repeat to combine")
+    t.add_argument("--download", action="store_true", help="let Minari download missing ids (needs internet)")
+    t.add_argument("--out", help="run directory (default runs/BACKBONE-DATASET)")
+    t.add_argument("--config", help="JSON file with 'model' and 'train' sections")
+    t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    for name, kind in {**MODEL_FLAGS, **TRAIN_FLAGS}.items():
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            t.add_argument(flag, action="store_true", default=None)
+        else:
+            t.add_argument(flag, type=kind, default=None)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a run in MuJoCo (normalized score)")
+    add_evaluate_args(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export", help="export the single-step policy to ONNX / TorchScript")
+    x.add_argument("run")
+    x.add_argument("--format", choices=["onnx", "torchscript", "all"], default="all")
+    x.add_argument("--out", help="output path without suffix (default: CHECKPOINT/policy)")
+    x.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Typed configs. Defaults follow the Decision Transformer paper and code unless noted.
+
+Source of the DT defaults: Chen et al. 2021, "Decision Transformer", Table 8 (gym experiments) and
+`kzl/decision-transformer/gym/experiment.py` (argparse defaults: K=20, embed_dim=128, n_layer=3,
+n_head=1, activation relu->gelu in GPT-2, dropout=0.1, learning_rate=1e-4, weight_decay=1e-4,
+warmup_steps=10000, batch_size=64, scale=1000, max_ep_len=1000, grad clip 0.25 in trainer.py).
+Configs are plain data: no side effects, serialisable with `dataclasses.asdict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+TOKENIZATIONS = ("interleaved", "compact")
+CONTEXTS = ("window", "episode")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the return-conditioned agent. Sizes only; no env objects."""
+
+    obs_dim: int
+    """Observation size (Hopper: 11, Walker2d: 17)."""
+    act_dim: int
+    """Action size; actions are assumed to lie in [-1, 1] (tanh head), as in the MuJoCo tasks."""
+    backbone: str = "mingru"
+    """Sequence model: one of `decision_rnn.backbones.BACKBONES` (mingru, minlstm, lru, transformer)."""
+    embed_dim: int = 128
+    """Token width. DT: embed_dim=128."""
+    n_layers: int = 3
+    """Residual blocks in the backbone. DT: n_layer=3."""
+    dropout: float = 0.1
+    """Dropout in the backbone and on embeddings. DT: dropout=0.1."""
+    tokens: Literal["interleaved", "compact"] = "interleaved"
+    """`interleaved`: DT's (return, state, action) tokens, 3 per step. `compact`: one token per step,
+    the sum of return, state and previous-action embeddings (3x shorter sequences)."""
+    context_len: int = 20
+    """K, the window of steps the transformer attends over at rollout (and the training window in
+    `window` context). DT: K=20."""
+    max_timestep: int = 1000
+    """Size of the timestep embedding table; later timesteps are clamped. DT: max_ep_len=1000."""
+    return_scale: float = 1000.0
+    """Returns-to-go are divided by this before embedding. DT: scale=1000 for MuJoCo."""
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword options for `decision_rnn.backbones.build` (expansion, n_heads, state_dim, ...)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. DT defaults unless noted."""
+
+    steps: int = 100_000
+    """Gradient updates. DT: 10 iterations x 10k steps = 100k."""
+    batch_size: int = 64
+    """Sequences per update in `window` context. DT: batch_size=64."""
+    context: Literal["window", "episode"] = "window"
+    """`window`: DT's K-step windows from random starts. `episode`: whole episodes from their start,
+    so the recurrent state seen in training is the one it has at rollout (ours)."""
+    episode_batch_size: int = 16
+    """Episodes per update in `episode` context (each is up to 1000 steps: ~16x a window batch's steps)."""
+    episode_max_len: int | None = None
+    """Crop episodes to their first N steps in `episode` context (None: whole episodes)."""
+    lr: float = 1e-4
+    """AdamW learning rate. DT: 1e-4."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay. DT: 1e-4."""
+    warmup_steps: int = 10_000
+    """Linear warm-up of the learning rate. DT: warmup_steps=10000."""
+    grad_clip: float = 0.25
+    """Global gradient-norm clip. DT trainer.py: 0.25."""
+    seed: int = 0
+    device: str = "cpu"
+    """`cpu`, `cuda` or `auto` (cuda when available)."""
+    compile: bool = False
+    """Wrap the model in `torch.compile` for training (mostly useful on CUDA)."""
+    log_every: int = 100
+    """Write a CSV log row every N updates."""
+    checkpoint_every: int = 5_000
+    """Write a checkpoint every N updates (and always at the end)."""
+    eval_every: int = 0
+    """Run the periodic evaluation hook every N updates (0: never)."""
+    eval_episodes: int = 10
+    """Episodes per periodic evaluation."""
+    target_return: float | None = None
+    """Return-to-go the agent is conditioned on at evaluation (None: the env's DT default)."""
+
+
+def config_from_dict(cls, data: dict[str, Any]):
+    """Build a config dataclass from a dict, rejecting unknown keys with a clear message."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**data)
+
+
+def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
+    """Check choices that would otherwise fail deep inside training."""
+    if model.tokens not in TOKENIZATIONS:
+        raise ValueError(f"tokens must be one of {TOKENIZATIONS}, got {model.tokens!r}")
+    if model.obs_dim < 1 or model.act_dim < 1:
+        raise ValueError(f"obs_dim and act_dim must be positive, got {model.obs_dim}, {model.act_dim}")
+    if train is not None and train.context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {train.context!r}")
+
+
+__all__ = ["ModelConfig", "TrainConfig", "config_from_dict", "validate", "asdict"]

@@ -1,0 +1,126 @@
+"""Vectorized batch samplers: index arithmetic and one fancy-indexing gather per array, no per-sample loop.
+
+Both samplers draw episodes with probability proportional to their length, as the Decision
+Transformer's gym experiment does (``p_sample = traj_lens / sum(traj_lens)``, gym/experiment.py).
+Drawing a row uniformly from all ``N`` steps and taking its episode is exactly that distribution,
+and it is how both samplers draw. Batches are right-padded (see :mod:`decision_rnn.data`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from decision_rnn.data.episodes import TrajectoryDataset
+
+
+@dataclass
+class Batch:
+    """A padded batch of sequences; padded positions are zero, with ``timesteps`` 0 and ``mask`` False."""
+
+    states: torch.Tensor  # (B, T, obs_dim) float32, raw observations (the model normalizes)
+    actions: torch.Tensor  # (B, T, act_dim) float32
+    returns_to_go: torch.Tensor  # (B, T) float32, raw undiscounted return-to-go
+    timesteps: torch.Tensor  # (B, T) int64, 0-based within the episode
+    mask: torch.Tensor  # (B, T) bool, True = real step
+
+    def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
+        """A copy with every tensor on ``device``."""
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{name: t.to(device, non_blocking=non_blocking) for name, t in tensors.items()})
+
+
+def _gather(dataset: TrajectoryDataset, rows: np.ndarray, valid: np.ndarray, device: torch.device) -> Batch:
+    """Batch of ``dataset`` rows ``rows (B, T)``; positions where ``valid`` is False become padding."""
+    rows = np.where(valid, rows, 0)  # any in-range row; zeroed below
+    arrays = {
+        "states": dataset.observations[rows],  # (B, T, obs_dim)
+        "actions": dataset.actions[rows],  # (B, T, act_dim)
+        "returns_to_go": dataset.returns_to_go[rows],  # (B, T)
+        "timesteps": dataset.timesteps[rows],  # (B, T)
+    }
+    for array in arrays.values():
+        array[~valid] = 0
+    tensors = {name: torch.from_numpy(array).to(device) for name, array in arrays.items()}
+    return Batch(**tensors, mask=torch.from_numpy(valid).to(device))
+
+
+def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+class WindowSampler:
+    """Decision-Transformer-style windows: ``context_len`` steps from a uniform start in an episode.
+
+    Episode drawn with probability proportional to its length, start uniform in ``[0, length)``
+    (DT's ``si = random.randint(0, traj_len - 1)``); a window running past the episode end is
+    padded on the right (DT pads on the left, which would feed padding into a recurrent state).
+    """
+
+    def __init__(
+        self,
+        dataset: TrajectoryDataset,
+        context_len: int = 20,
+        batch_size: int = 64,
+        *,
+        seed: int | np.random.Generator | None = 0,
+        device: str | torch.device = "cpu",
+    ):
+        if context_len < 1 or batch_size < 1:
+            raise ValueError(f"context_len and batch_size must be >= 1, got {context_len}, {batch_size}")
+        self.dataset = dataset
+        self.context_len = context_len
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.rng = _rng(seed)
+
+    def sample(self) -> Batch:
+        """One batch, ``(batch_size, context_len)``."""
+        data = self.dataset
+        starts = self.rng.integers(0, data.num_steps, size=self.batch_size)  # (B,) uniform over all steps
+        episode = np.searchsorted(data.offsets, starts, side="right") - 1  # (B,)
+        rows = starts[:, None] + np.arange(self.context_len)  # (B, K)
+        valid = rows < data.offsets[episode + 1][:, None]  # (B, K)
+        return _gather(data, rows, valid, self.device)
+
+
+class EpisodeSampler:
+    """Whole episodes from their first step, right-padded to the longest in the batch.
+
+    Starting at the episode's first step makes a recurrent state in training equal the state at
+    rollout time. Episodes are drawn with replacement, with probability proportional to length
+    (as :class:`WindowSampler`, so both see every step equally often). ``max_len`` crops each episode
+    to its first ``max_len`` steps; the batch is then ``min(longest, max_len)`` long.
+    """
+
+    def __init__(
+        self,
+        dataset: TrajectoryDataset,
+        batch_size: int = 16,
+        *,
+        max_len: int | None = None,
+        seed: int | np.random.Generator | None = 0,
+        device: str | torch.device = "cpu",
+    ):
+        if batch_size < 1 or (max_len is not None and max_len < 1):
+            raise ValueError(f"batch_size and max_len must be >= 1, got {batch_size}, {max_len}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.device = torch.device(device)
+        self.rng = _rng(seed)
+
+    def sample(self) -> Batch:
+        """One batch, ``(batch_size, T)`` with ``T`` the longest (cropped) episode drawn."""
+        data = self.dataset
+        steps = self.rng.integers(0, data.num_steps, size=self.batch_size)  # (B,)
+        episode = np.searchsorted(data.offsets, steps, side="right") - 1  # (B,) proportional to length
+        lengths = data.episode_lengths[episode]  # (B,)
+        if self.max_len is not None:
+            lengths = np.minimum(lengths, self.max_len)
+        positions = np.arange(lengths.max())  # (T,)
+        rows = data.offsets[episode][:, None] + positions  # (B, T)
+        valid = positions < lengths[:, None]  # (B, T)
+        return _gather(data, rows, valid, self.device)

@@ -1,0 +1,93 @@
+"""Export the single-step policy with explicit state tensors (ONNX, TorchScript).
+
+The exported function is `DecisionRNN.step` with normalisation inside:
+
+    inputs : obs (B, obs_dim) f32, prev_action (B, act_dim) f32, returns_to_go (B,) f32,
+             timestep (B,) i64, state_0 ... state_{n-1} (the backbone's state tensors)
+    outputs: action (B, act_dim) f32, next_state_0 ... next_state_{n-1}
+
+A control loop starts from the `initial_state` values (zeros for every backbone here; the ONNX file
+stores their shapes as metadata), feeds returns_to_go = target - rewards so far, prev_action = the
+last action (ignored at timestep 0), and carries the state outputs back in. See
+experiments/onnx_control_loop.py for a loop that needs only numpy and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import DecisionRNN
+
+
+class StepFunction(nn.Module):
+    """`DecisionRNN.step` with the state flattened into positional tensors (export-friendly)."""
+
+    def __init__(self, model: DecisionRNN):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, obs, prev_action, returns_to_go, timestep, *state):
+        action, next_state = self.model.step(obs, prev_action, returns_to_go, timestep, tuple(state))
+        return (action, *next_state)
+
+
+def example_inputs(model: DecisionRNN, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
+    """Inputs of the first step of an episode (timestep 0, initial state)."""
+    c = model.config
+    device = next(model.parameters()).device
+    state = model.initial_state(batch_size, device=device)
+    return (
+        torch.zeros(batch_size, c.obs_dim, device=device),
+        torch.zeros(batch_size, c.act_dim, device=device),
+        torch.full((batch_size,), 1000.0, device=device),
+        torch.zeros(batch_size, dtype=torch.long, device=device),
+        *state,
+    )
+
+
+def io_names(model: DecisionRNN) -> tuple[list[str], list[str]]:
+    n = len(model.initial_state(1))
+    inputs = ["obs", "prev_action", "returns_to_go", "timestep"] + [f"state_{i}" for i in range(n)]
+    outputs = ["action"] + [f"next_state_{i}" for i in range(n)]
+    return inputs, outputs
+
+
+def export_onnx(model: DecisionRNN, path: str | os.PathLike, *, opset: int = 17) -> Path:
+    """Write the step function to ONNX with a dynamic batch axis; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fn = StepFunction(model)
+    inputs, outputs = io_names(model)
+    args = example_inputs(model, batch_size=2)  # batch 2 so the exporter cannot fold the batch axis
+    with torch.no_grad():
+        torch.onnx.export(
+            fn, args, str(path), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False,
+            dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+        )
+    import onnx
+
+    proto = onnx.load(str(path))
+    shapes = [list(t.shape[1:]) for t in model.initial_state(1)]
+    dtypes = [str(t.dtype).removeprefix("torch.") for t in model.initial_state(1)]
+    meta = {"state_shapes": json.dumps(shapes), "state_dtypes": json.dumps(dtypes),
+            "model_config": json.dumps(model.config.__dict__, default=str)}
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return path
+
+
+def export_torchscript(model: DecisionRNN, path: str | os.PathLike) -> Path:
+    """Trace the step function to TorchScript (loads with `torch.jit.load`, no decision-rnn needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        traced = torch.jit.trace(StepFunction(model), example_inputs(model, batch_size=2), check_trace=False)
+    traced.save(str(path))
+    return path

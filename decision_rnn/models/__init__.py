@@ -1,0 +1,3 @@
+from .agent import DecisionRNN
+
+__all__ = ["DecisionRNN"]

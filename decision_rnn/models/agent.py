@@ -1,0 +1,138 @@
+"""The return-conditioned agent: DT's embeddings and action head around any sequence backbone.
+
+Conventions (shared with `decision_rnn.data`):
+- inputs are RAW observations and RAW undiscounted returns-to-go; the model normalises them itself
+  (`obs_mean`/`obs_std` buffers, `return_scale`) so a checkpoint or an exported step function needs
+  nothing from the training code;
+- timesteps are 0-based within the episode; sequences are padded on the right (a recurrent state
+  never sees padding before a real step); outputs at padded positions are meaningless and masked out.
+
+Tokenisations (`ModelConfig.tokens`):
+- `interleaved` (DT): per step t the tokens R_t, s_t, a_t, each plus the timestep embedding of t;
+  a_t is predicted from the output at the s_t token. At rollout one env step feeds a_{t-1}
+  (skipped at t = 0), R_t, s_t: three O(1) backbone steps.
+- `compact` (ours): one token per step, emb(R_t) + emb(s_t) + emb(a_{t-1}) + time(t), with
+  a_{-1} = 0; a_t is predicted from its output. One backbone step per env step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones import build
+from ..config import ModelConfig, validate
+
+State = tuple[torch.Tensor, ...]
+
+
+class DecisionRNN(nn.Module):
+    """Decision-Transformer-style policy pi(a_t | R_<=t, s_<=t, a_<t) over a parallel/recurrent backbone."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        validate(config)
+        self.config = config
+        E = config.embed_dim
+        self.tokens_per_step = 3 if config.tokens == "interleaved" else 1
+        self.embed_timestep = nn.Embedding(config.max_timestep, E)
+        self.embed_return = nn.Linear(1, E)
+        self.embed_state = nn.Linear(config.obs_dim, E)
+        self.embed_action = nn.Linear(config.act_dim, E)
+        self.embed_ln = nn.LayerNorm(E)
+        self.embed_drop = nn.Dropout(config.dropout)
+        options = {"dropout": config.dropout, **config.backbone_options}
+        if config.backbone == "transformer":
+            # DT's rollout window: the last K steps, i.e. 3K - 1 tokens ending at s_t (interleaved).
+            options.setdefault("context", self.tokens_per_step * config.context_len - (self.tokens_per_step > 1))
+        self.backbone = build(config.backbone, E, config.n_layers, **options)
+        self.action_head = nn.Sequential(nn.Linear(E, config.act_dim), nn.Tanh())
+        self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
+        self.register_buffer("obs_std", torch.ones(config.obs_dim))
+
+    def set_normalization(self, obs_mean, obs_std) -> None:
+        """Store the dataset's observation statistics inside the model (saved with the weights)."""
+        self.obs_mean.copy_(torch.as_tensor(obs_mean, dtype=self.obs_mean.dtype))
+        self.obs_std.copy_(torch.as_tensor(obs_std, dtype=self.obs_std.dtype))
+
+    # ---- embeddings -------------------------------------------------------------------------------
+    def _time(self, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.embed_timestep(timesteps.clamp(0, self.config.max_timestep - 1))
+
+    def _state_emb(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.embed_state((obs - self.obs_mean) / self.obs_std)
+
+    def _return_emb(self, rtg: torch.Tensor) -> torch.Tensor:
+        return self.embed_return(rtg.unsqueeze(-1) / self.config.return_scale)
+
+    def _finish(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed_drop(self.embed_ln(tokens))
+
+    def embed(self, states, actions, returns_to_go, timesteps) -> torch.Tensor:
+        """(B, T, obs), (B, T, act), (B, T), (B, T) -> tokens (B, T * tokens_per_step, E)."""
+        B, T = timesteps.shape
+        time = self._time(timesteps)  # (B, T, E)
+        r, s = self._return_emb(returns_to_go), self._state_emb(states)
+        if self.config.tokens == "interleaved":
+            a = self.embed_action(actions)
+            tokens = (torch.stack((r, s, a), dim=2) + time.unsqueeze(2)).reshape(B, 3 * T, -1)  # R_0 s_0 a_0 R_1..
+        else:
+            prev = torch.cat((torch.zeros_like(actions[:, :1]), actions[:, :-1]), dim=1)  # a_{t-1}, a_{-1} = 0
+            tokens = r + s + self.embed_action(prev) + time
+        return self._finish(tokens)
+
+    # ---- parallel (training) ------------------------------------------------------------------------
+    def forward(self, states, actions, returns_to_go, timesteps, state: State | None = None):
+        """Predict a_t for every step in parallel. Returns ((B, T, act_dim), backbone state)."""
+        self._check_inputs(states, actions, returns_to_go, timesteps)
+        y, state = self.backbone(self.embed(states, actions, returns_to_go, timesteps), state)
+        if self.config.tokens == "interleaved":
+            B, T = timesteps.shape
+            y = y.reshape(B, T, 3, -1)[:, :, 1]  # outputs at the s_t tokens
+        return self.action_head(y), state
+
+    def loss(self, batch) -> torch.Tensor:
+        """MSE between predicted and logged actions over real (unpadded) steps, as in DT."""
+        pred, _ = self(batch.states, batch.actions, batch.returns_to_go, batch.timesteps)
+        mask = batch.mask
+        return ((pred - batch.actions) ** 2)[mask].mean()
+
+    # ---- sequential (acting) ------------------------------------------------------------------------
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> State:
+        return self.backbone.initial_state(batch_size, device=device, dtype=dtype)
+
+    def step(self, obs, prev_action, returns_to_go, timestep, state: State):
+        """One env step for a batch: (B, obs), (B, act), (B,), (B,) int, state -> ((B, act), state).
+
+        `prev_action` is a_{t-1} (ignored where timestep == 0). O(1) for recurrent backbones.
+        """
+        time = self._time(timestep)
+        if self.config.tokens == "interleaved":
+            a = self._finish(self.embed_action(prev_action) + self._time(timestep - 1))
+            _, after_a = self.backbone.step(a, state)
+            first = timestep == 0
+            state = tuple(
+                torch.where(first.view(-1, *([1] * (old.dim() - 1))), old, new)
+                for old, new in zip(state, after_a)
+            )
+            _, state = self.backbone.step(self._finish(self._return_emb(returns_to_go) + time), state)
+            y, state = self.backbone.step(self._finish(self._state_emb(obs) + time), state)
+        else:
+            prev = torch.where((timestep == 0).unsqueeze(-1), torch.zeros_like(prev_action), prev_action)
+            token = self._state_emb(obs) + self._return_emb(returns_to_go) + self.embed_action(prev) + time
+            y, state = self.backbone.step(self._finish(token), state)
+        return self.action_head(y), state
+
+    def _check_inputs(self, states, actions, returns_to_go, timesteps) -> None:
+        c = self.config
+        if timesteps.dim() != 2:
+            raise ValueError(f"timesteps must be (batch, time), got shape {tuple(timesteps.shape)}")
+        B, T = timesteps.shape
+        expected = {
+            "states": ((B, T, c.obs_dim), states),
+            "actions": ((B, T, c.act_dim), actions),
+            "returns_to_go": ((B, T), returns_to_go),
+        }
+        for name, (shape, tensor) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape} (batch, time, ...), got {tuple(tensor.shape)}")

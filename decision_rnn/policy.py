@@ -1,0 +1,104 @@
+"""A deployable, stateful policy: numpy in, numpy out, constant cost per step.
+
+    policy = Policy.load("runs/hopper")          # a run directory or a checkpoint folder
+    policy.reset(target_return=3600)
+    obs, _ = env.reset(seed=0)
+    reward = None
+    while True:
+        action = policy.act(obs, reward)          # reward received since the previous act
+        obs, reward, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+
+Return conditioning follows the DT evaluation: the return-to-go starts at `target_return` and each
+reward is subtracted from it (undiscounted). For recurrent backbones the policy holds only the
+backbone's fixed-size state (no history buffer), so `act` costs the same at step 1 and step 10,000.
+The transformer keeps DT's K-step window inside its state.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .models import DecisionRNN
+
+
+class Policy:
+    """Wraps a trained `DecisionRNN` for step-by-step control. Not thread-safe; one per control loop."""
+
+    def __init__(self, model: DecisionRNN, *, device: str | torch.device = "cpu", meta: dict | None = None):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta or {}
+        self.obs_dim = model.config.obs_dim
+        self.act_dim = model.config.act_dim
+        self.batch_size: int | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Policy:
+        """Load from a run directory (its latest checkpoint) or a checkpoint folder."""
+        from .training.checkpoint import load_model
+
+        model, meta = load_model(path, device)
+        return cls(model, device=device, meta=meta)
+
+    @property
+    def env_id(self) -> str | None:
+        return self.meta.get("env_id")
+
+    def reset(self, target_return: float, batch_size: int = 1) -> None:
+        """Start new episode(s) conditioned on `target_return` (a float or one per batch element)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        target = np.broadcast_to(np.asarray(target_return, dtype=np.float32), (batch_size,))
+        if not np.all(np.isfinite(target)):
+            raise ValueError(f"target_return must be finite, got {target_return}")
+        d = self.device
+        self.batch_size = batch_size
+        self._state = self.model.initial_state(batch_size, device=d)
+        self._rtg = torch.as_tensor(target.copy(), device=d)
+        self._prev_action = torch.zeros(batch_size, self.act_dim, device=d)
+        self._timestep = torch.zeros(batch_size, dtype=torch.long, device=d)
+
+    @torch.inference_mode()
+    def act(self, obs, reward=None) -> np.ndarray:
+        """Action for `obs` ((obs_dim,) or (batch, obs_dim)); `reward`: received since the previous act."""
+        if self.batch_size is None:
+            raise RuntimeError("call policy.reset(target_return) before policy.act(obs)")
+        obs_t = self._as_batch(obs, "obs", self.obs_dim)
+        single = np.ndim(obs) == 1
+        started = bool(self._timestep[0] > 0)
+        if started:
+            if reward is None:
+                raise ValueError(
+                    "act() after the first step needs the reward received since the previous act "
+                    "(it updates the return-to-go); pass reward=0.0 to keep the target unchanged"
+                )
+            self._rtg = self._rtg - self._as_batch(reward, "reward", None)
+        elif reward is not None:
+            raise ValueError("the first act() after reset() takes no reward: nothing was received yet")
+        action, self._state = self.model.step(obs_t, self._prev_action, self._rtg, self._timestep, self._state)
+        self._prev_action = action
+        self._timestep = self._timestep + 1
+        out = action.float().cpu().numpy()
+        return out[0] if single else out
+
+    def _as_batch(self, value, name: str, dim: int | None) -> torch.Tensor:
+        arr = np.asarray(value)
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"{name} must be a real number array, got dtype {arr.dtype}")
+        expected = (self.batch_size,) if dim is None else (self.batch_size, dim)
+        given = arr.shape
+        if dim is not None and arr.ndim == 1 and self.batch_size == 1:
+            arr = arr[None]
+        elif dim is None and arr.ndim == 0:
+            arr = np.full(expected, arr)
+        if arr.shape != expected:
+            hint = f"({dim},) or " if dim is not None and self.batch_size == 1 else ""
+            raise ValueError(f"{name} must have shape {hint}{expected} (batch_size={self.batch_size}), got {given}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or inf: {arr}")
+        return torch.as_tensor(arr, dtype=torch.float32, device=self.device)

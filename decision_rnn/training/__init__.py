@@ -1,0 +1,17 @@
+"""Training: a generic trainer, atomic self-describing checkpoints, and the `train` entry point."""
+
+from .checkpoint import CheckpointError, find_checkpoint, load_model, read_meta, save_checkpoint
+from .run import build_model, train
+from .trainer import Trainer, resolve_device
+
+__all__ = [
+    "CheckpointError",
+    "Trainer",
+    "build_model",
+    "find_checkpoint",
+    "load_model",
+    "read_meta",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,203 @@
+"""A small, model-agnostic supervised trainer with exact resume.
+
+The model only needs `loss(batch)`; the sampler only needs `sample()` and a numpy `rng`.
+Resume restores weights, optimizer, scheduler, the torch RNG (dropout) and the sampler's RNG, so on
+CPU an interrupted-and-resumed run reproduces the uninterrupted one exactly (tested).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig, validate
+from ..data import EpisodeSampler, WindowSampler
+from ..models import DecisionRNN
+from .checkpoint import CheckpointError, find_checkpoint, load_trainer_state, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+EvalHook = Callable[[DecisionRNN, int], dict[str, float]]
+LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "updates_per_s", "elapsed_s"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_sampler(dataset, model: DecisionRNN, config: TrainConfig, device: torch.device):
+    """`window`: DT's K-step windows; `episode`: whole episodes from their first step."""
+    if config.context == "window":
+        return WindowSampler(
+            dataset, model.config.context_len, config.batch_size, seed=config.seed, device=device
+        )
+    return EpisodeSampler(
+        dataset, config.episode_batch_size, max_len=config.episode_max_len, seed=config.seed, device=device
+    )
+
+
+class Trainer:
+    """Runs `config.steps` AdamW updates of `model.loss`, logging and checkpointing into `run_dir`."""
+
+    def __init__(
+        self,
+        model: DecisionRNN,
+        dataset,
+        config: TrainConfig,
+        run_dir: str | os.PathLike,
+        *,
+        eval_hook: EvalHook | None = None,
+        meta: dict[str, Any] | None = None,
+    ):
+        validate(model.config, config)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.run_dir = Path(run_dir)
+        self.eval_hook = eval_hook
+        self.meta = {"train_config": asdict(config), **(meta or {})}
+        seed_everything(config.seed)
+        self.sampler = make_sampler(dataset, model, config, self.device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        warmup = max(config.warmup_steps, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min((s + 1) / warmup, 1.0)  # DT's linear warm-up
+        )
+        self.step = 0
+        compiled = torch.compile(model) if config.compile else model
+        self._loss_fn = compiled.loss if config.compile else model.loss
+
+    # ---- state ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+        }
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in `run_dir` if there is one. Returns whether it resumed."""
+        try:
+            ckpt = find_checkpoint(self.run_dir)
+        except CheckpointError:
+            return False
+        from .checkpoint import load_model  # local: avoids re-reading weights when not resuming
+
+        loaded, _ = load_model(ckpt, self.device)
+        self.model.load_state_dict(loaded.state_dict())
+        state = load_trainer_state(ckpt)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        self.step = state["step"]
+        self._truncate_logs(self.step)
+        log.info("resumed from %s at step %d", ckpt, self.step)
+        return True
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.run_dir, self.model, self.step, meta=self.meta, trainer_state=self.state_dict()
+        )
+
+    # ---- logging --------------------------------------------------------------------------------------
+    def _truncate_logs(self, step: int) -> None:
+        """Drop log rows written after the checkpoint we resume from, so the log has no duplicates."""
+        for name in ("log.csv", "eval.csv"):
+            path = self.run_dir / name
+            if not path.exists():
+                continue
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            fields = list(rows[0]) if rows else None
+            kept = [r for r in rows if int(float(r["step"])) <= step]
+            with open(path, "w", newline="") as f:
+                if fields:
+                    writer = csv.DictWriter(f, fieldnames=fields)
+                    writer.writeheader()
+                    writer.writerows(kept)
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        path = self.run_dir / name
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    # ---- the loop -------------------------------------------------------------------------------------
+    def update(self) -> tuple[float, float]:
+        """One gradient update. Returns (loss, gradient norm before clipping)."""
+        self.model.train()
+        batch = self.sampler.sample()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self._loss_fn(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss.item(), grad_norm.item()
+
+    def _evaluate(self) -> None:
+        rng = torch.get_rng_state()  # evaluation must not shift the training RNG stream
+        metrics = self.eval_hook(self.model, self.step)
+        torch.set_rng_state(rng)
+        self._append("eval.csv", {"step": self.step, **metrics})
+        log.info("step %d eval %s", self.step, metrics)
+
+    def fit(self, *, progress: bool = True) -> dict[str, float]:
+        """Train until `config.steps` updates; returns a summary (final loss, wall time, rate)."""
+        c = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start_step, t0 = self.step, time.perf_counter()
+        last_t, last_step, loss = t0, self.step, math.nan
+        bar = tqdm(total=c.steps, initial=self.step, disable=not progress, unit="upd", dynamic_ncols=True)
+        while self.step < c.steps:
+            loss, grad_norm = self.update()
+            bar.update(1)
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                now = time.perf_counter()
+                rate = (self.step - last_step) / max(now - last_t, 1e-9)
+                last_t, last_step = now, self.step
+                bar.set_postfix(loss=f"{loss:.4f}")
+                self._append("log.csv", dict(zip(LOG_FIELDS, [
+                    self.step, loss, self.scheduler.get_last_lr()[0], grad_norm, rate, now - t0
+                ])))
+            if self.eval_hook is not None and c.eval_every and self.step % c.eval_every == 0:
+                self._evaluate()
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                self.save()
+        bar.close()
+        wall = time.perf_counter() - t0
+        done = self.step - start_step
+        return {"steps": self.step, "final_loss": loss, "wall_s": wall, "updates_per_s": done / max(wall, 1e-9)}

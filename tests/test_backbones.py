@@ -1,0 +1,272 @@
+"""Contract tests every backbone inherits (dm_env style), plus the scan math against naive loops.
+
+The central check: the parallel `forward` equals a Python loop of `step`, from a fresh start and from a
+random non-zero state of either sign (a public minLSTM gets this wrong), in float64 and float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from decision_rnn.backbones import BACKBONES, build
+from decision_rnn.backbones.minrnn import g
+from decision_rnn.backbones.scan import complex_linear_scan, linear_scan, log_linear_scan
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|, the reference b's scale guarded away from zero."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(torch.finfo(b.dtype).tiny)).item()
+
+
+def step_loop(model, x: torch.Tensor, state):
+    ys = []
+    for t in range(x.shape[1]):
+        y, state = model.step(x[:, t], state)
+        ys.append(y)
+    return torch.stack(ys, dim=1), state
+
+
+class BackboneContract:
+    """The suite every backbone passes. Subclasses set `name` and may adjust the knobs below."""
+
+    name: str
+    options: dict = {}
+    dim, n_layers, batch = 16, 2, 3
+    lengths = (1, 7, 256, 2049)  # forward == step loop at these T
+    grad_T, finite_T = 4096, 16384
+
+    def make(self, dtype=torch.float64, **options):
+        torch.manual_seed(0)
+        return build(self.name, self.dim, self.n_layers, **{**self.options, **options}).to(dtype).eval()
+
+    def random_state(self, model, T: int, dtype):
+        """A random state of the right shapes, any sign, from which T more inputs still fit."""
+        return tuple(torch.randn_like(s) for s in model.initial_state(self.batch, dtype=dtype))
+
+    def inputs(self, T: int, dtype=torch.float64, batch=None) -> torch.Tensor:
+        return torch.randn(batch or self.batch, T, self.dim, dtype=dtype, generator=torch.Generator().manual_seed(T))
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+    @pytest.mark.parametrize("T_index", range(4))
+    def test_forward_equals_step_loop(self, T_index, dtype):
+        model, T = self.make(dtype), self.lengths[T_index]
+        x = self.inputs(T, dtype)
+        for start in (None, self.random_state(model, T, dtype)):
+            with torch.no_grad():
+                y, state = model(x, start)
+                y_ref, state_ref = step_loop(model, x, start or model.initial_state(self.batch, dtype=dtype))
+            assert rel_err(y, y_ref) <= TOL[dtype], f"T={T}, start={'random' if start else 'fresh'}"
+            for i, (s, s_ref) in enumerate(zip(state, state_ref)):
+                assert rel_err(s, s_ref) <= TOL[dtype], f"state[{i}], T={T}"
+
+    def test_chunked_forward_equals_whole(self):
+        model, T = self.make(), self.lengths[2]
+        x = self.inputs(T)
+        for start in (None, self.random_state(model, T, torch.float64)):
+            with torch.no_grad():
+                y, state = model(x, start)
+                y1, mid = model(x[:, : T // 3], start)
+                y2, end = model(x[:, T // 3 :], mid)
+            assert rel_err(torch.cat([y1, y2], dim=1), y) <= 1e-9
+            assert all(rel_err(a, b) <= 1e-9 for a, b in zip(end, state))
+
+    def test_causal(self):
+        model, T, t = self.make(), 64, 40
+        x = self.inputs(T)
+        x2 = x.clone()
+        x2[:, t] += torch.randn(self.dim, dtype=x.dtype)  # not a constant: LayerNorm would remove that
+        with torch.no_grad():
+            y, y2 = model(x)[0], model(x2)[0]
+        assert torch.equal(y[:, :t], y2[:, :t])
+        assert not torch.allclose(y[:, t], y2[:, t])
+
+    def test_initial_state_contract(self):
+        model = self.make(torch.float32)
+        state = model.initial_state(5)
+        assert isinstance(state, tuple) and state
+        for s in state:  # zeros, so `state * (1 - done)` is a reset; float of the module's dtype
+            assert isinstance(s, torch.Tensor) and s.shape[0] == 5 and s.dtype == torch.float32
+            assert not s.any()
+        assert model.initial_state(2, dtype=torch.float64)[0].dtype == torch.float64
+        assert model.dim == self.dim and model.recurrent == (self.name != "transformer")
+        x = self.inputs(7, torch.float32, batch=5)
+        with torch.no_grad():
+            y_none, s_none = model(x)
+            y_zero, s_zero = model(x, state)
+        assert rel_err(y_zero, y_none) <= 1e-5
+        assert [s.shape for s in s_none] == [s.shape for s in state]  # fixed size, whatever T was
+
+    def test_every_parameter_gets_a_gradient(self):
+        model = self.make().train()
+        y, state = model(self.inputs(32), self.random_state(model, 32, torch.float64))
+        y.square().mean().backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and p.grad.abs().max() > 0, name
+
+    def test_gradients_finite_on_long_sequences(self):
+        model = self.make(torch.float32).train()
+        y, _ = model(self.inputs(self.grad_T, torch.float32, batch=1))
+        y.square().mean().backward()
+        for name, p in model.named_parameters():
+            assert torch.isfinite(p.grad).all(), name
+
+    def test_finite_on_long_large_inputs(self):
+        model = self.make(torch.float32)
+        with torch.no_grad():
+            y, state = model(100 * self.inputs(self.finite_T, torch.float32, batch=1))
+        assert torch.isfinite(y).all() and all(torch.isfinite(s).all() for s in state)
+
+    def test_dropout_only_in_training(self):
+        model = self.make(dropout=0.5)
+        x = self.inputs(7)
+        with torch.no_grad():
+            assert torch.equal(model(x)[0], model(x)[0])
+            model.train()
+            assert not torch.equal(model(x)[0], model(x)[0])
+
+    def test_bad_shapes_raise(self):
+        model = self.make()
+        x, state = self.inputs(7), model.initial_state(self.batch)
+        bad_calls = {
+            "rank 2 forward": lambda: model(x[:, 0]),
+            "wrong dim": lambda: model(torch.randn(3, 7, self.dim + 1, dtype=torch.float64)),
+            "empty T": lambda: model(x[:, :0]),
+            "rank 3 step": lambda: model.step(x, state),
+            "state batch": lambda: model.step(x[:2, 0], state),
+            "state batch (forward)": lambda: model(x, model.initial_state(self.batch + 1)),
+            "state length": lambda: model(x, state[:-1]),
+        }
+        for call in bad_calls.values():
+            with pytest.raises(ValueError, match="expected"):
+                call()
+
+
+class TestMinGRU(BackboneContract):
+    name = "mingru"
+
+
+class TestMinLSTM(BackboneContract):
+    name = "minlstm"
+
+
+class TestLRU(BackboneContract):
+    name = "lru"
+
+
+class TestTransformer(BackboneContract):
+    """Forward equals the step loop only while everything fits in the window: T <= context."""
+
+    name = "transformer"
+    options = {"context": 64, "n_heads": 2}
+    lengths = (1, 7, 48, 64)
+    grad_T, finite_T = 2048, 4096  # full attention over T: keep the test fast
+
+    def random_state(self, model, T, dtype):
+        window, _ = super().random_state(model, T, dtype)
+        count = torch.randint(0, model.context - T + 1, (self.batch,), generator=torch.Generator().manual_seed(1))
+        return window, count.to(dtype)
+
+    def test_window_keeps_the_last_context_inputs(self):
+        model = self.make()
+        x = self.inputs(100)
+        with torch.no_grad():
+            _, (window, count) = model(x)
+            _, (window2, count2) = step_loop(model, x, model.initial_state(self.batch))
+        assert torch.equal(window, x[:, -64:]) and (count == 64).all()
+        assert torch.equal(window2, x[:, -64:]) and (count2 == 64).all()
+
+    def test_per_env_reset_by_masking(self):
+        model = self.make()
+        x = self.inputs(10)
+        with torch.no_grad():
+            _, state = model(x)
+            done = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+            state = tuple(s * (1 - done).view(-1, *[1] * (s.dim() - 1)) for s in state)
+            y, _ = model.step(x[:, 0], state)
+            y_fresh, _ = model.step(x[:, 0], model.initial_state(self.batch))
+        assert rel_err(y[[0, 2]], y_fresh[[0, 2]]) <= 1e-12
+        assert rel_err(y[1], y_fresh[1]) > 1e-3
+
+
+def test_build_unknown_name_lists_known_ones():
+    with pytest.raises(ValueError, match="mingru.*minlstm|lru.*mingru"):
+        build("gru", 16, 2)
+    assert set(BACKBONES) == {"mingru", "minlstm", "lru", "transformer"}
+
+
+# ---- scan math against naive loops -----------------------------------------------------------------
+
+
+def naive_scan(a, b, h0):
+    h, out = h0, []
+    for t in range(b.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 64, 65, 300])
+def test_linear_scan_matches_loop(T):
+    gen = torch.Generator().manual_seed(T)
+    a = torch.randn(2, T, 3, dtype=torch.float64, generator=gen)  # any sign, magnitudes around 1
+    b = torch.randn(2, T, 3, dtype=torch.float64, generator=gen)
+    h0 = torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    ref = naive_scan(a, b, h0)
+    assert rel_err(linear_scan(a, b, h0), ref) <= 1e-9
+
+
+@pytest.mark.parametrize("T,chunk", [(1, 64), (7, 4), (64, 64), (65, 64), (1000, 64), (1000, 1000)])
+def test_log_linear_scan_matches_loop(T, chunk):
+    gen = torch.Generator().manual_seed(T)
+    log_a = -torch.rand(2, T, 3, dtype=torch.float64, generator=gen) * 3
+    log_b = torch.randn(2, T, 3, dtype=torch.float64, generator=gen)
+    h0 = torch.randn(2, 3, dtype=torch.float64, generator=gen) * 5  # any sign: never passed through log
+    ref = naive_scan(log_a.exp(), log_b.exp(), h0)
+    assert rel_err(log_linear_scan(log_a, log_b, h0, chunk=chunk), ref) <= 1e-9
+
+
+@pytest.mark.parametrize("T", [1, 3, 64, 257])
+def test_complex_linear_scan_matches_complex_loop(T):
+    gen = torch.Generator().manual_seed(T)
+    N = 5
+    modulus = 0.5 + 0.5 * torch.rand(N, dtype=torch.float64, generator=gen)
+    phase = 2 * math.pi * torch.rand(N, dtype=torch.float64, generator=gen)
+    lam = torch.polar(modulus, phase)
+    b = torch.randn(2, T, N, dtype=torch.complex128, generator=gen)
+    h0 = torch.randn(2, N, dtype=torch.complex128, generator=gen)
+    ref = naive_scan(lam.expand(2, T, N), b, h0)  # torch's own complex arithmetic as the reference
+    h_re, h_im = complex_linear_scan(lam.real, lam.imag, b.real, b.imag, h0.real, h0.imag)
+    assert rel_err(torch.complex(h_re, h_im), ref) <= 1e-9
+
+
+def test_scan_gradients_match_finite_differences():
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, dtype=torch.float64, generator=gen) * scale).requires_grad_()
+
+    lam_re, lam_im = leaf(4, scale=0.5), leaf(4, scale=0.5)
+    b_re, b_im, h_re, h_im = leaf(2, 9, 4), leaf(2, 9, 4), leaf(2, 4), leaf(2, 4)
+    assert torch.autograd.gradcheck(complex_linear_scan, (lam_re, lam_im, b_re, b_im, h_re, h_im))
+    log_a, log_b, h0 = leaf(2, 9, 3), leaf(2, 9, 3), leaf(2, 3)
+    assert torch.autograd.gradcheck(lambda *t: log_linear_scan(*t, chunk=4), (log_a, log_b, h0))
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_min_rnn_coefficients_follow_the_paper(name):
+    """exp(log_coefficients) equals the paper's sequential form, computed here from sigmoid and g."""
+    mixer = build(name, 4, 1).double().blocks[0].mixer
+    k = torch.randn(mixer.n_branches, 50, dtype=torch.float64) * 4
+    a, b = (c.exp() for c in mixer.log_coefficients(*k))
+    if name == "mingru":
+        z = torch.sigmoid(k[0])
+        a_ref, b_ref = 1 - z, z * g(k[1])
+    else:
+        f, i = torch.sigmoid(k[0]), torch.sigmoid(k[1])
+        a_ref, b_ref = f / (f + i), i / (f + i) * g(k[2])
+    assert rel_err(a, a_ref) <= 1e-12 and rel_err(b, b_ref) <= 1e-12

@@ -1,0 +1,38 @@
+"""Exported step functions (ONNX in onnxruntime, TorchScript) equal PyTorch over a whole rollout."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from decision_rnn import DecisionRNN, ModelConfig
+from decision_rnn.export import export_onnx, export_torchscript, io_names
+
+BACKBONES = ["mingru", "minlstm", "lru", "transformer"]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_exports_match_pytorch_step_by_step(backbone, tmp_path):
+    torch.manual_seed(0)
+    model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, embed_dim=16, n_layers=2,
+                                    context_len=5)).eval()
+    onnx_path = export_onnx(model, tmp_path / "policy.onnx")
+    ts = torch.jit.load(str(export_torchscript(model, tmp_path / "policy.pt")))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    inputs, _ = io_names(model)
+    B = 3
+    state = model.initial_state(B)
+    ort_state = [s.numpy() for s in state]
+    ts_state = state
+    prev = torch.zeros(B, 3)
+    g = torch.Generator().manual_seed(0)
+    for t in range(12):  # past the transformer's window, so the window shifting is exercised too
+        obs, rtg, ts_t = torch.randn(B, 11, generator=g), torch.full((B,), 3000.0 - 3 * t), torch.full((B,), t)
+        with torch.no_grad():
+            action, state = model.step(obs, prev, rtg, ts_t, state)
+            ts_out = ts(obs, prev, rtg, ts_t, *ts_state)
+        feed = dict(zip(inputs, [obs.numpy(), prev.numpy(), rtg.numpy(), ts_t.numpy(), *ort_state]))
+        ort_out = session.run(None, feed)
+        np.testing.assert_allclose(ort_out[0], action.numpy(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ts_out[0], action, atol=1e-5, rtol=1e-5)
+        ort_state, ts_state, prev = ort_out[1:], ts_out[1:], action

@@ -1,0 +1,112 @@
+"""Trainer, checkpoints and resume on the embedded Hopper data."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from decision_rnn import ModelConfig, TrainConfig
+from decision_rnn.training import CheckpointError, Trainer, build_model, load_model, save_checkpoint, train
+from decision_rnn.training import checkpoint as ckpt_mod
+
+
+def small_configs(dataset, steps, **train_kw):
+    model = ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone="mingru", tokens="compact",
+                        embed_dim=32, n_layers=2, context_len=10)
+    kw = dict(steps=steps, batch_size=8, lr=1e-3, warmup_steps=10, log_every=1, checkpoint_every=10,
+              episode_batch_size=4, episode_max_len=100)
+    kw.update(train_kw)
+    return model, TrainConfig(**kw)
+
+
+def read_losses(run_dir):
+    with open(run_dir / "log.csv") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("context", ["window", "episode"])
+def test_short_training_lowers_the_loss(embedded, tmp_path, context):
+    model_cfg, train_cfg = small_configs(embedded, 60, context=context)
+    train(embedded, model_cfg, train_cfg, tmp_path, progress=False)
+    losses = read_losses(tmp_path)
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10, losses
+
+
+def test_checkpoint_round_trip_is_exact(embedded, tmp_path):
+    model_cfg, _ = small_configs(embedded, 1)
+    model = build_model(embedded, model_cfg)
+    path = save_checkpoint(tmp_path, model, 7, meta={"env_id": embedded.env_id})
+    loaded, meta = load_model(tmp_path)
+    assert meta["step"] == 7 and meta["path"] == str(path) and meta["env_id"] == embedded.env_id
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert loaded.config == model.config
+
+
+def test_resume_reproduces_uninterrupted_run(embedded, tmp_path):
+    model_cfg, full_cfg = small_configs(embedded, 30, checkpoint_every=10)
+    train(embedded, model_cfg, full_cfg, tmp_path / "full", progress=False)
+    _, half_cfg = small_configs(embedded, 20, checkpoint_every=10)
+    train(embedded, model_cfg, half_cfg, tmp_path / "split", progress=False)
+    train(embedded, model_cfg, full_cfg, tmp_path / "split", resume=True, progress=False)
+    a, _ = load_model(tmp_path / "full")
+    b, _ = load_model(tmp_path / "split")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), f"{k} differs after resume"
+    assert read_losses(tmp_path / "full") == read_losses(tmp_path / "split")
+
+
+def test_refuses_to_overwrite_a_run_without_resume(embedded, tmp_path):
+    model_cfg, train_cfg = small_configs(embedded, 10)
+    train(embedded, model_cfg, train_cfg, tmp_path, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(embedded, model_cfg, train_cfg, tmp_path, progress=False)
+
+
+def test_corrupt_checkpoints_give_clear_errors(embedded, tmp_path):
+    model = build_model(embedded, small_configs(embedded, 1)[0])
+    path = save_checkpoint(tmp_path, model, 1)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    with pytest.raises(CheckpointError, match="corrupt.*model.safetensors"):
+        load_model(tmp_path)
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match="no such run"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_interrupted_save_leaves_previous_checkpoint_in_place(embedded, tmp_path, monkeypatch):
+    model = build_model(embedded, small_configs(embedded, 1)[0])
+    first = save_checkpoint(tmp_path, model, 1)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("power cut while writing weights")
+
+    monkeypatch.setattr(ckpt_mod, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, model, 2)
+    monkeypatch.undo()
+    assert not (tmp_path / "checkpoints" / "step_00000002").exists()
+    _, meta = load_model(tmp_path)
+    assert meta["path"] == str(first)
+    save_checkpoint(tmp_path, model, 3)  # the next save cleans the leftover temp dir
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_trainer_rejects_bad_context(embedded, tmp_path):
+    model_cfg, train_cfg = small_configs(embedded, 1, context="chunks")
+    with pytest.raises(ValueError, match="context must be one of"):
+        Trainer(build_model(embedded, model_cfg), embedded, train_cfg, tmp_path)
+
+
+def test_run_config_is_self_describing(embedded, tmp_path):
+    model_cfg, train_cfg = small_configs(embedded, 10)
+    train(embedded, model_cfg, train_cfg, tmp_path, progress=False)
+    meta = json.loads((tmp_path / "checkpoints" / "step_00000010" / "meta.json").read_text())
+    assert meta["model_config"]["backbone"] == "mingru"
+    assert meta["train_config"]["steps"] == 10
+    assert meta["env_id"] == "Hopper-v5" and meta["datasets"]
