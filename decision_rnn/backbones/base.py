@@ -86,7 +86,7 @@ class Backbone(nn.Module):
                      for shape in self.state_shapes(batch_size))
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """All T steps in parallel from `state` (None: fresh start). x: (B, T, dim) -> y: (B, T, dim), state."""
+        """All T steps in parallel from `state` (None: fresh start). x: (B, T, dim) -> y: (B, T, dim)."""
         self._check_input(x, rank=3)
         state = self._check_state(state, x)
         return self._stack(x, self._per_layer(state), Block.__call__)
@@ -98,7 +98,7 @@ class Backbone(nn.Module):
 
     def _stack(self, x: torch.Tensor, states: list, call) -> tuple[torch.Tensor, State]:
         new_state = []
-        for block, s in zip(self.blocks, states):
+        for block, s in zip(self.blocks, states, strict=True):
             x, s = call(block, x, s)
             new_state.extend(s)
         return self.ln_f(x), tuple(new_state)
@@ -124,8 +124,9 @@ class Backbone(nn.Module):
         shapes = self.state_shapes(x.shape[0])
         if not isinstance(state, (tuple, list)) or len(state) != len(shapes):
             n = len(state) if isinstance(state, (tuple, list)) else type(state).__name__
-            raise ValueError(f"{type(self).__name__}: expected a state tuple of {len(shapes)} tensors, got {n}")
-        for i, (s, shape) in enumerate(zip(state, shapes)):
+            raise ValueError(f"{type(self).__name__}: expected a state tuple of {len(shapes)} tensors, "
+                             f"got {n}")
+        for i, (s, shape) in enumerate(zip(state, shapes, strict=True)):
             if tuple(s.shape) != shape:
                 raise ValueError(f"{type(self).__name__}: expected state[{i}] of shape {shape} "
                                  f"(batch {x.shape[0]}), got {tuple(s.shape)}")

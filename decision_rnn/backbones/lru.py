@@ -58,7 +58,7 @@ class LRUMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         h_re, h_im = complex_linear_scan(*self._lambda(), *self._input(x), *state)  # (B, T, N) each
-        return self._output(h_re, h_im, x), (h_re[:, -1], h_im[:, -1])
+        return self._output(h_re, h_im, x), (h_re[:, -1].clone(), h_im[:, -1].clone())
 
     def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         u_re, u_im = self._input(x)  # (B, N)

@@ -8,9 +8,8 @@ The gate and the candidate see x_t only (no h_{t-1}), which makes the recurrence
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .minrnn import MinRNN, MinRNNMixer, log_g
+from .minrnn import MinRNN, MinRNNMixer, g
 
 
 class MinGRUMixer(MinRNNMixer):
@@ -18,9 +17,9 @@ class MinGRUMixer(MinRNNMixer):
 
     n_branches = 2  # gate, candidate
 
-    def log_coefficients(self, k_z: torch.Tensor, k_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # log(1 - z) = -softplus(k_z); log z = -softplus(-k_z) (the paper's log-space minGRU)
-        return -F.softplus(k_z), -F.softplus(-k_z) + log_g(k_h)
+    def coefficients(self, k_z: torch.Tensor, k_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # 1 - z = sigmoid(-k_z) without the cancellation of 1 - sigmoid(k_z)
+        return torch.sigmoid(-k_z), torch.sigmoid(k_z) * g(k_h)
 
 
 class MinGRU(MinRNN):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .minrnn import MinRNN, MinRNNMixer, log_g
+from .minrnn import MinRNN, MinRNNMixer, g
 
 
 class MinLSTMMixer(MinRNNMixer):
@@ -22,10 +22,11 @@ class MinLSTMMixer(MinRNNMixer):
 
     n_branches = 3  # forget gate, input gate, candidate
 
-    def log_coefficients(self, k_f: torch.Tensor, k_i: torch.Tensor, k_h: torch.Tensor):
-        # diff = log i - log f, so log f' = -softplus(diff) and log i' = -softplus(-diff)
+    def coefficients(self, k_f: torch.Tensor, k_i: torch.Tensor, k_h: torch.Tensor):
+        # with diff = log i - log f: f' = sigmoid(-diff), i' = sigmoid(diff). Unlike f / (f + i), this
+        # stays finite when both sigmoids underflow (the paper's log-space form, App. B)
         diff = F.softplus(-k_f) - F.softplus(-k_i)
-        return -F.softplus(diff), -F.softplus(-diff) + log_g(k_h)
+        return torch.sigmoid(-diff), torch.sigmoid(diff) * g(k_h)
 
 
 class MinLSTM(MinRNN):

@@ -1,18 +1,19 @@
 """The part minGRU and minLSTM share (Feng et al. 2024, "Were RNNs All We Needed?", arXiv 2410.01201).
 
 Both are h_t = a_t * h_{t-1} + b_t where a_t, b_t depend on x_t only, so all T steps run as one scan.
-The paper computes the scan in log space (its Appendix B); a_t and b_t are then positive by
-construction: gates through -softplus, the candidate through the positive g below.
+The paper runs that scan in log space (its Appendix B, Heinsen's scan); we run it in linear space
+(`scan.py` says why), which computes the same recurrence. The coefficients use the forms that the
+paper's log-space derivation gives (sigmoid of a softplus difference for minLSTM), which stay finite
+for any input, and its positive candidate activation g.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import Backbone
-from .scan import log_linear_scan
+from .scan import linear_scan
 
 
 def g(x: torch.Tensor) -> torch.Tensor:
@@ -20,16 +21,11 @@ def g(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
 
 
-def log_g(x: torch.Tensor) -> torch.Tensor:
-    """log(g(x)). relu keeps the unused branch finite (a NaN there would still poison the gradient)."""
-    return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
-
-
 class MinRNNMixer(nn.Module):
     """in-proj to `hidden` -> h_t = a_t * h_{t-1} + b_t -> out-proj back to `dim`.
 
     Subclasses set `n_branches` (how many hidden-wide linear maps of x the coefficients are made of)
-    and define `log_coefficients`, used by both `forward` (scan) and `step` (one update).
+    and define `coefficients`, used by both `forward` (scan) and `step` (one update).
     State: (h,), h: (B, hidden), the hidden state itself (not its log, and never re-activated).
     """
 
@@ -41,23 +37,23 @@ class MinRNNMixer(nn.Module):
         self.in_proj = nn.Linear(dim, self.n_branches * hidden)
         self.out_proj = nn.Linear(hidden, dim)
 
-    def log_coefficients(self, *k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log a_t, log b_t) from the `n_branches` projections of x_t, each (..., hidden)."""
+    def coefficients(self, *k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_t, b_t) from the `n_branches` projections of x_t, each (..., hidden); 0 <= a_t <= 1."""
         raise NotImplementedError
 
     def state_shapes(self, batch_size: int) -> list[tuple[int, ...]]:
         return [(batch_size, self.hidden)]
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor]):
         (h0,) = state  # (B, hidden)
-        log_a, log_b = self.log_coefficients(*self.in_proj(x).chunk(self.n_branches, dim=-1))  # (B, T, hidden)
-        h = log_linear_scan(log_a, log_b, h0)  # (B, T, hidden)
-        return self.out_proj(h), (h[:, -1],)
+        a, b = self.coefficients(*self.in_proj(x).chunk(self.n_branches, dim=-1))  # (B, T, hidden)
+        h = linear_scan(a, b, h0)  # (B, T, hidden)
+        return self.out_proj(h), (h[:, -1].clone(),)  # a copy: a view would keep all of h alive
 
-    def step(self, x: torch.Tensor, state: tuple[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor]]:
+    def step(self, x: torch.Tensor, state: tuple[torch.Tensor]):
         (h,) = state  # (B, hidden)
-        log_a, log_b = self.log_coefficients(*self.in_proj(x).chunk(self.n_branches, dim=-1))  # (B, hidden)
-        h = log_a.exp() * h + log_b.exp()
+        a, b = self.coefficients(*self.in_proj(x).chunk(self.n_branches, dim=-1))  # (B, hidden)
+        h = a * h + b
         return self.out_proj(h), (h,)
 
 

@@ -33,18 +33,18 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"expected dim divisible by n_heads, got dim={dim}, n_heads={n_heads}")
-        self.n_heads = n_heads
-        self.dropout = dropout
+        self.dim, self.n_heads, self.dropout = dim, n_heads, dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None):
         """x: (B, L, dim); mask: (B, 1, L, L) bool, True = may attend, or None for plain causal."""
-        B, L, dim = x.shape
-        q, k, v = (t.view(B, L, self.n_heads, -1).transpose(1, 2) for t in self.qkv(x).split(dim, dim=-1))
+        B, L, _ = x.shape
+        qkv = self.qkv(x).split(self.dim, dim=-1)
+        q, k, v = (t.view(B, L, self.n_heads, -1).transpose(1, 2) for t in qkv)  # (B, nh, L, hs)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, L, hs)
-        return self.proj(y.transpose(1, 2).reshape(B, L, dim)), ()
+        return self.proj(y.transpose(1, 2).reshape(B, L, self.dim)), ()
 
 
 class Transformer(Backbone):
@@ -52,8 +52,8 @@ class Transformer(Backbone):
 
     recurrent = False
 
-    def __init__(self, dim: int, n_layers: int, *, n_heads: int = 1, context: int = 20, mlp_expansion: int = 4,
-                 dropout: float = 0.0):
+    def __init__(self, dim: int, n_layers: int, *, n_heads: int = 1, context: int = 20,
+                 mlp_expansion: int = 4, dropout: float = 0.0):
         """`n_heads`: attention heads (DT gym: 1). `context`: inputs the window holds (DT's K=20 steps;
         an agent with several tokens per step passes tokens, e.g. 3K). `mlp_expansion`: MLP width / dim
         (GPT-2: 4). `dropout`: on attention weights and residual branches (DT: 0.1; default 0 here)."""
@@ -76,7 +76,7 @@ class Transformer(Backbone):
         pos = torch.arange(L, device=x.device)
         real = pos >= K - count.unsqueeze(1)  # (B, L): empty window slots are not real
         mask = (pos.unsqueeze(1) >= pos) & real.unsqueeze(1)  # (B, L, L): causal, over real inputs only
-        mask = mask | torch.eye(L, dtype=torch.bool, device=x.device)  # empty slots see themselves: no NaN
+        mask = mask | (pos.unsqueeze(1) == pos)  # empty slots see themselves: no NaN (not torch.eye: ONNX)
         y, _ = self._stack(seq, [mask.unsqueeze(1)] * len(self.blocks), Block.__call__)
         return y[:, K:], self._push(state, x)
 

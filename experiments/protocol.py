@@ -1,0 +1,68 @@
+"""Training protocols shared by the experiment scripts, and one train-then-evaluate run.
+
+- `paper`: the Decision Transformer's 100k updates, lr 1e-4, 10k warm-up (GPU machines).
+- `cpu`: what fits 2 CPU cores — a few thousand updates, so a 10x larger learning rate and a
+  warm-up of 10% of the updates. Everything else (model size, batch, clip, dropout) is DT's.
+Every number in results/ says which protocol and device produced it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from decision_rnn import ModelConfig, TrainConfig
+from decision_rnn.cli import default_context, evaluate_run
+from decision_rnn.data import load_dataset
+from decision_rnn.training import train
+
+PROTOCOLS = {
+    "paper": TrainConfig(),
+    "cpu": TrainConfig(steps=3000, lr=1e-3, warmup_steps=300, episode_batch_size=4, checkpoint_every=1000),
+}
+
+
+def train_and_evaluate(
+    datasets: list[str],
+    backbone: str,
+    out: Path,
+    *,
+    protocol: str = "cpu",
+    steps: int | None = None,
+    tokens: str = "interleaved",
+    context: str | None = None,
+    seed: int = 0,
+    episodes: int = 10,
+    device: str = "cpu",
+) -> dict:
+    """Train one agent (resuming if `out` has checkpoints) and evaluate its LAST checkpoint."""
+    dataset = load_dataset(datasets if len(datasets) > 1 else datasets[0])
+    model_cfg = ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone=backbone, tokens=tokens)
+    train_cfg = replace(PROTOCOLS[protocol], context=context or default_context(backbone), seed=seed,
+                        device=device, steps=steps or PROTOCOLS[protocol].steps)
+    if protocol == "cpu":
+        train_cfg = replace(train_cfg, warmup_steps=max(train_cfg.steps // 10, 1))
+    t0 = time.perf_counter()
+    summary = train(dataset, model_cfg, train_cfg, out, resume=True, progress=False)
+    train_wall = time.perf_counter() - t0
+    result = evaluate_run(out, episodes=episodes, seeds=[seed], device=device)["results"][0]
+    return {
+        "datasets": "+".join(d.split("/")[-1].removesuffix("-v0") for d in datasets),
+        "env_id": dataset.env_id,
+        "agent": f"{backbone}",
+        "tokens": tokens,
+        "context": train_cfg.context,
+        "seed": seed,
+        "protocol": protocol,
+        "updates": summary["steps"],
+        "train_wall_s": train_wall,
+        "updates_per_s": summary["updates_per_s"],
+        "score": result["score_mean"],
+        "score_std_episodes": result["score_std_episodes"],
+        "return_mean": result["return_mean"],
+        "episodes": result["episodes"],
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+    }
