@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-
 from protocol import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
