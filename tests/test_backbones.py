@@ -13,7 +13,7 @@ import torch
 
 from decision_rnn.backbones import BACKBONES, build
 from decision_rnn.backbones.minrnn import g
-from decision_rnn.backbones.scan import complex_linear_scan, linear_scan
+from decision_rnn.backbones.scan import complex_linear_scan, linear_scan, log_linear_scan
 
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
@@ -177,6 +177,35 @@ class TestMinLSTM(BackboneContract):
     name = "minlstm"
 
 
+class LogScan:
+    """The min-RNN contract again with the paper's log-space scan, which must also match the default scan."""
+
+    options = {"scan": "log"}
+
+    def test_matches_linear_scan(self):
+        model, model_linear = self.make(), self.make(scan="linear")  # the same weights
+        x = self.inputs(300)
+        start = self.random_state(model, 300, torch.float64)
+        with torch.no_grad():
+            (y, state), (y_ref, state_ref) = model(x, start), model_linear(x, start)
+        assert rel_err(y, y_ref) <= 1e-9
+        assert all(rel_err(a, b) <= 1e-9 for a, b in zip(state, state_ref, strict=True))
+
+
+class TestMinGRULogScan(LogScan, TestMinGRU):
+    pass
+
+
+class TestMinLSTMLogScan(LogScan, TestMinLSTM):
+    pass
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_min_rnn_unknown_scan_lists_choices(name):
+    with pytest.raises(ValueError, match="'linear', 'log'"):
+        build(name, 16, 2, scan="heinsen")
+
+
 class TestLRU(BackboneContract):
     name = "lru"
 
@@ -232,6 +261,16 @@ def test_linear_scan_matches_loop(T):
     assert rel_err(linear_scan(a_signed, b, h0), naive_scan(a_signed, b, h0)) <= 1e-9
 
 
+@pytest.mark.parametrize("T", [1, 2, 5, 64, 65, 300, 1025])
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_log_linear_scan_matches_loop(T, chunk):
+    gen = torch.Generator().manual_seed(T)
+    a = torch.rand(2, T, 3, dtype=torch.float64, generator=gen)
+    b = torch.rand(2, T, 3, dtype=torch.float64, generator=gen) * 3  # positive, as log b requires
+    h0 = 5 * torch.randn(2, 3, dtype=torch.float64, generator=gen)  # any sign: it never enters a log
+    assert rel_err(log_linear_scan(a.log(), b.log(), h0, chunk), naive_scan(a, b, h0)) <= 1e-9
+
+
 @pytest.mark.parametrize("T", [1, 3, 64, 257])
 def test_complex_linear_scan_matches_complex_loop(T):
     gen = torch.Generator().manual_seed(T)
@@ -257,6 +296,8 @@ def test_scan_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(complex_linear_scan, (lam_re, lam_im, b_re, b_im, h_re, h_im))
     a, b, h0 = leaf(2, 9, 3, scale=0.7), leaf(2, 9, 3), leaf(2, 3)
     assert torch.autograd.gradcheck(linear_scan, (a, b, h0))
+    log_a, log_b = leaf(2, 9, 3, scale=0.7), leaf(2, 9, 3)
+    assert torch.autograd.gradcheck(lambda *args: log_linear_scan(*args, chunk=4), (log_a, log_b, h0))
 
 
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
@@ -272,3 +313,7 @@ def test_min_rnn_coefficients_follow_the_paper(name):
         f, i = torch.sigmoid(k[0]), torch.sigmoid(k[1])
         a_ref, b_ref = f / (f + i), i / (f + i) * g(k[2])
     assert rel_err(a, a_ref) <= 1e-12 and rel_err(b, b_ref) <= 1e-12
+    log_a, log_b = mixer.log_coefficients(*k)
+    assert rel_err(log_a, a_ref.log()) <= 1e-12 and rel_err(log_b, b_ref.log()) <= 1e-12
+    # finite where log(sigmoid) and log(g) of float32 would give -inf
+    assert all(torch.isfinite(c).all() for c in mixer.float().log_coefficients(*(1e4 * k.float().sign())))

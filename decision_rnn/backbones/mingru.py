@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .minrnn import MinRNN, MinRNNMixer, g
+from .minrnn import MinRNN, MinRNNMixer
 
 
 class MinGRUMixer(MinRNNMixer):
@@ -17,9 +17,8 @@ class MinGRUMixer(MinRNNMixer):
 
     n_branches = 2  # gate, candidate
 
-    def coefficients(self, k_z: torch.Tensor, k_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # 1 - z = sigmoid(-k_z) without the cancellation of 1 - sigmoid(k_z)
-        return torch.sigmoid(-k_z), torch.sigmoid(k_z) * g(k_h)
+    def logits(self, k_z: torch.Tensor, k_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return k_z, k_h  # the candidate's share is the update gate z
 
 
 class MinGRU(MinRNN):

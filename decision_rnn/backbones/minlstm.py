@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .minrnn import MinRNN, MinRNNMixer, g
+from .minrnn import MinRNN, MinRNNMixer
 
 
 class MinLSTMMixer(MinRNNMixer):
@@ -22,11 +22,10 @@ class MinLSTMMixer(MinRNNMixer):
 
     n_branches = 3  # forget gate, input gate, candidate
 
-    def coefficients(self, k_f: torch.Tensor, k_i: torch.Tensor, k_h: torch.Tensor):
-        # with diff = log i - log f: f' = sigmoid(-diff), i' = sigmoid(diff). Unlike f / (f + i), this
-        # stays finite when both sigmoids underflow (the paper's log-space form, App. B)
-        diff = F.softplus(-k_f) - F.softplus(-k_i)
-        return torch.sigmoid(-diff), torch.sigmoid(diff) * g(k_h)
+    def logits(self, k_f: torch.Tensor, k_i: torch.Tensor, k_h: torch.Tensor):
+        # the candidate's share i' = i / (f + i) = sigmoid(log i - log f). Unlike f / (f + i), this stays
+        # finite when both sigmoids underflow (the paper's log-space form, App. B)
+        return F.softplus(-k_f) - F.softplus(-k_i), k_h
 
 
 class MinLSTM(MinRNN):

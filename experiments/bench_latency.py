@@ -1,0 +1,184 @@
+"""Per-step acting latency and evaluation throughput, side by side in one run.
+
+1. `act` latency at batch 1 on CPU (1 thread), median and p99 over many calls, for each backbone in
+   PyTorch eager (`Policy.act`: numpy in/out with input checks), TorchScript and onnxruntime (the
+   exported step function), next to d3rlpy's DecisionTransformer stateful wrapper (its own venv).
+   Model size: DT's (embed 128, 3 layers, K=20). Latency does not depend on the weights' values.
+2. Evaluation throughput: env steps/s of 10 parallel Hopper-v5 envs with random actions (raw MuJoCo)
+   vs the same loop with a batched `Policy.act` per step, and the policy's share of the time.
+
+    python experiments/bench_latency.py [--calls 2000] [--skip-d3rlpy]
+
+Writes results/bench_latency_cpu.{csv,md}.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import torch
+
+from decision_rnn import DecisionRNN, ModelConfig, Policy
+from decision_rnn.evaluation import make_envs
+from decision_rnn.export import export_onnx, export_torchscript, io_names
+
+ROOT = Path(__file__).resolve().parents[1]
+OBS, ACT = 11, 3
+
+
+def timed(fn, calls):
+    """Median and p99 of `fn()` in microseconds, after a warm-up."""
+    for _ in range(100):
+        fn()
+    times = np.empty(calls)
+    for i in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t0
+    times *= 1e6
+    return float(np.median(times)), float(np.percentile(times, 99))
+
+
+def bench_backbone(backbone, tokens, calls, tmp):
+    torch.manual_seed(0)
+    model = DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, backbone=backbone, tokens=tokens)).eval()
+    obs = np.random.default_rng(0).standard_normal(OBS).astype(np.float32)
+    rows = []
+
+    policy = Policy(model)
+    policy.reset(3600.0)
+    policy.act(obs)
+    # keep the episode short of the timestep table's end: reset every 900 steps (outside the timing)
+    counter = {"n": 0}
+
+    def eager():
+        counter["n"] += 1
+        if counter["n"] % 900 == 0:
+            policy.reset(3600.0)
+            policy.act(obs)
+        policy.act(obs, 1.0)
+
+    rows.append(("pytorch eager (Policy.act)", *timed(eager, calls)))
+
+    ts = torch.jit.load(str(export_torchscript(model, tmp / f"{backbone}-{tokens}.pt")))
+    ts_state = list(model.initial_state(1))
+    t_obs, t_prev = torch.as_tensor(obs)[None], torch.zeros(1, ACT)
+    t_rtg, t_step = torch.full((1,), 3600.0), torch.zeros(1, dtype=torch.long)
+
+    def torchscript():
+        nonlocal ts_state, t_prev, t_step
+        with torch.inference_mode():
+            out = ts(t_obs, t_prev, t_rtg, t_step, *ts_state)
+        t_prev, ts_state = out[0], list(out[1:])
+        t_step = (t_step + 1) % 900
+
+    rows.append(("torchscript", *timed(torchscript, calls)))
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(str(export_onnx(model, tmp / f"{backbone}-{tokens}.onnx")), opts,
+                                   providers=["CPUExecutionProvider"])
+    names, _ = io_names(model)
+    feed = dict(zip(names, [obs[None], np.zeros((1, ACT), np.float32), np.array([3600.0], np.float32),
+                            np.zeros(1, np.int64), *[s.numpy() for s in model.initial_state(1)]]))
+
+    def onnx():
+        out = session.run(None, feed)
+        feed["prev_action"] = out[0]
+        for i, s in enumerate(out[1:]):
+            feed[f"state_{i}"] = s
+        feed["timestep"] = (feed["timestep"] + 1) % 900
+
+    rows.append(("onnxruntime", *timed(onnx, calls)))
+    return [{"impl": f"decision-rnn {backbone}", "tokens": tokens, "runtime": r, "median_us": m, "p99_us": p}
+            for r, m, p in rows]
+
+
+def d3rlpy_latency(calls):
+    python = ROOT / ".venv-d3rlpy" / "bin" / "python"
+    if not python.exists():
+        print("skipping d3rlpy: run `bash experiments/setup_d3rlpy.sh` first", file=sys.stderr)
+        return None
+    out = subprocess.run([str(python), str(ROOT / "experiments" / "d3rlpy_baseline.py"), "latency",
+                          "--steps", str(calls), "--threads", "1"], capture_output=True, text=True, check=True,
+                         env=os.environ)
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"impl": row["impl"], "tokens": "interleaved", "runtime": "pytorch eager",
+            "median_us": row["median_us"], "p99_us": row["p99_us"]}
+
+
+def throughput(steps=1000, n_envs=10):
+    """Env steps/s for n_envs Hopper-v5 envs: raw (random actions) vs with the batched policy."""
+    envs = make_envs("Hopper-v5", n_envs)
+    obs, _ = envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, (steps, n_envs, ACT)).astype(np.float32)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        obs, *_ = envs.step(actions[i])
+    raw = time.perf_counter() - t0
+    rows = [{"loop": "raw MuJoCo (random actions)", "env_steps_per_s": steps * n_envs / raw, "policy_share": 0.0}]
+    for backbone in ["mingru", "transformer"]:
+        model = DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, backbone=backbone, tokens="interleaved"))
+        policy = Policy(model)
+        obs, _ = envs.reset(seed=0)
+        policy.reset(3600.0, batch_size=n_envs)
+        reward, t_policy = None, 0.0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            t1 = time.perf_counter()
+            action = policy.act(obs, reward)
+            t_policy += time.perf_counter() - t1
+            obs, reward, *_ = envs.step(action)
+        total = time.perf_counter() - t0
+        rows.append({"loop": f"{backbone} policy, batch {n_envs}", "env_steps_per_s": steps * n_envs / total,
+                     "policy_share": t_policy / total, "overhead_vs_raw": total / raw - 1})
+    envs.close()
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--skip-d3rlpy", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    load = os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backbone in ["mingru", "minlstm", "lru", "transformer"]:
+            for tokens in ["interleaved", "compact"]:
+                rows += bench_backbone(backbone, tokens, args.calls, Path(tmp))
+                print(rows[-3:], flush=True)
+    if not args.skip_d3rlpy and (base := d3rlpy_latency(args.calls)):
+        rows.append(base)
+    latency = pd.DataFrame(rows)
+    ref = latency[latency.impl.str.startswith("d3rlpy")].median_us
+    if len(ref):
+        latency["speedup_vs_d3rlpy"] = ref.iloc[0] / latency.median_us
+    flow = pd.DataFrame(throughput())
+    header = (f"cpu, 1 thread, batch 1, {args.calls} calls after 100 warm-up; DT-size models (embed 128, 3 layers, "
+              f"K=20); torch {torch.__version__}, onnxruntime {ort.__version__}; load average at start "
+              f"{load[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
+    print(header)
+    print(latency.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    print(flow.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    out = ROOT / "results" / "bench_latency_cpu"
+    latency.to_csv(out.with_suffix(".csv"), index=False)
+    flow.to_csv(ROOT / "results" / "bench_eval_throughput_cpu.csv", index=False)
+    out.with_suffix(".md").write_text(
+        f"# Acting latency\n\n{header}\n\n{latency.to_markdown(index=False, floatfmt='.1f')}\n\n"
+        f"# Evaluation throughput (10 Hopper-v5 envs, 1000 steps)\n\n{flow.to_markdown(index=False, floatfmt='.3f')}\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
