@@ -7,6 +7,7 @@ report minGRU / minLSTM training steps 175x / 235x faster than GRU / LSTM at T=5
 at T=4096 (batch 64, one layer each, T4 GPU). Everything here is therefore ONE layer. Our layer is a
 whole residual block (LayerNorms, the mixer at 2x width with in/out projections, and a 4x MLP), so it
 does more work than a bare GRU layer: the ratios understate the recurrence's own speed-up.
+`mingru-log` / `minlstm-log` are the same models with the paper's log-space scan (`scan="log"`).
 
 Each configuration runs in a fresh subprocess, so peak memory is its own:
 - CUDA: torch.cuda.max_memory_allocated() above what was allocated before the first step.
@@ -38,7 +39,8 @@ from torch import nn
 
 from decision_rnn.backbones import build
 
-OURS = ("mingru", "minlstm", "lru", "transformer")
+LOG_SCAN = {"mingru-log": "mingru", "minlstm-log": "minlstm"}  # with scan="log": the paper's App. B scan
+OURS = ("mingru", "minlstm", *LOG_SCAN, "lru", "transformer")
 BASELINES = {"gru": nn.GRU, "lstm": nn.LSTM}
 PAPER = {"mingru": {512: 175, 4096: 1324}, "minlstm": {512: 235, 4096: 1361}}  # speed-up over GRU / LSTM
 SEQUENTIAL = {"mingru": "gru", "minlstm": "lstm"}  # the paper's pairs
@@ -70,6 +72,8 @@ def parse_args() -> argparse.Namespace:
 def make_model(name: str, dim: int, layers: int) -> nn.Module:
     if name in BASELINES:
         return BASELINES[name](dim, dim, num_layers=layers, batch_first=True)
+    if name in LOG_SCAN:
+        return build(LOG_SCAN[name], dim, layers, scan="log")
     return build(name, dim, layers)
 
 

@@ -36,3 +36,27 @@ def test_exports_match_pytorch_step_by_step(backbone, tmp_path):
         np.testing.assert_allclose(ort_out[0], action.numpy(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ts_out[0], action, atol=1e-5, rtol=1e-5)
         ort_state, ts_state, prev = ort_out[1:], ts_out[1:], action
+
+
+def test_numpy_only_control_loop_matches_policy(tmp_path):
+    """experiments/onnx_control_loop.py's OnnxPolicy acts exactly like decision_rnn.Policy."""
+    import importlib.util
+    from pathlib import Path
+
+    from decision_rnn import Policy
+
+    spec = importlib.util.spec_from_file_location(
+        "onnx_control_loop", Path(__file__).resolve().parents[1] / "experiments" / "onnx_control_loop.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    torch.manual_seed(0)
+    model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone="mingru", embed_dim=16, n_layers=2)).eval()
+    onnx_policy = example.OnnxPolicy(str(export_onnx(model, tmp_path / "policy.onnx")))
+    policy = Policy(model)
+    onnx_policy.reset(3600.0)
+    policy.reset(3600.0)
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        obs, reward = rng.standard_normal(11).astype(np.float32), float(rng.uniform(0, 3))
+        np.testing.assert_allclose(onnx_policy.act(obs, 0.0 if t == 0 else reward),
+                                   policy.act(obs, None if t == 0 else reward), atol=1e-5)
