@@ -1,0 +1,37 @@
+"""The command line end to end on the embedded data: train, resume, evaluate, export."""
+
+import json
+
+import pytest
+
+from decision_rnn.cli import main
+
+
+def test_train_resume_evaluate_export(tmp_path, capsys):
+    run = tmp_path / "run"
+    small = ["--embed-dim", "16", "--n-layers", "1", "--batch-size", "4", "--log-every", "1", "--tokens", "compact"]
+    assert main(["train", "--out", str(run), "--steps", "4", "--context", "window", *small]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["steps"] == 4
+    with pytest.raises(FileExistsError, match="--resume"):
+        main(["train", "--out", str(run), "--steps", "6", *small])
+    assert main(["train", "--out", str(run), "--steps", "6", "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 6
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["embed_dim"] == 16 and saved["train"]["steps"] == 6
+
+    assert main(["evaluate", str(run), "--episodes", "2", "--target-return", "3600", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["checkpoint_step"] == 6 and summary["checkpoint_kind"] == "last"
+    assert summary["results"][0]["episodes"] == 2
+    assert (run / "eval" / "summary.json").exists() and (run / "eval" / "episodes.csv").exists()
+
+    assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
+    assert (tmp_path / "policy.onnx").exists() and (tmp_path / "policy.pt").exists()
+
+
+def test_unknown_config_field_is_reported(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": {"embed_size": 8}}))
+    with pytest.raises(ValueError, match="unknown ModelConfig field.*embed_size"):
+        main(["train", "--out", str(tmp_path / "run"), "--steps", "1", "--config", str(cfg)])
