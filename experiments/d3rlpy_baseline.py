@@ -47,16 +47,16 @@ def load(ids):
     return dataset, env_id, ref
 
 
-def make_dt(device="cpu:0", compile_graph=False):
+def make_dt(device="cpu:0", lr=1e-4, warmup=10000):
     import d3rlpy
 
     return d3rlpy.algos.DecisionTransformerConfig(
         batch_size=64,
-        learning_rate=1e-4,
+        learning_rate=lr,
         optim_factory=d3rlpy.optimizers.GPTAdamWFactory(
             weight_decay=1e-4,
             clip_grad_norm=0.25,
-            lr_scheduler_factory=d3rlpy.optimizers.WarmupSchedulerFactory(warmup_steps=10000),
+            lr_scheduler_factory=d3rlpy.optimizers.WarmupSchedulerFactory(warmup_steps=warmup),
         ),
         encoder_factory=d3rlpy.models.VectorEncoderFactory([128], exclude_last_activation=True),
         observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
@@ -65,7 +65,6 @@ def make_dt(device="cpu:0", compile_graph=False):
         num_heads=1,
         num_layers=3,
         max_timestep=1000,
-        compile_graph=compile_graph,
     ).create(device=device)
 
 
@@ -129,11 +128,12 @@ def cmd_train(args):
 
     d3rlpy.seed(args.seed)
     dataset, env_id, ref = load(args.dataset)
-    dt = make_dt(args.device)
+    dt = make_dt(args.device, lr=args.lr, warmup=args.warmup)
     wall = fit(dt, dataset, args.steps)
     returns, scores = evaluate(dt, env_id, ref, args.episodes, seed=10_000 * (args.seed + 1))
     return {"impl": "d3rlpy DecisionTransformer", "datasets": args.dataset, "seed": args.seed,
-            "steps": args.steps, "train_wall_s": wall, "score_mean": float(scores.mean()),
+            "steps": args.steps, "lr": args.lr, "warmup": args.warmup, "train_wall_s": wall,
+            "score_mean": float(scores.mean()),
             "score_std": float(scores.std()), "return_mean": float(returns.mean()), "episodes": args.episodes}
 
 
@@ -146,6 +146,8 @@ def main():
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu:0")
+    p.add_argument("--lr", type=float, default=1e-4, help="train: learning rate (the reproduction's 1e-4)")
+    p.add_argument("--warmup", type=int, default=10000, help="train: warm-up updates (the reproduction's 10k)")
     args = p.parse_args()
     args.dataset = args.dataset or ["zoo/hopper/medium-v0"]
     torch.set_num_threads(args.threads)

@@ -33,10 +33,14 @@ DATASETS = {
 AGENTS = ["mingru", "minlstm", "lru", "transformer", "d3rlpy-dt"]
 
 
-def d3rlpy_run(ids, steps, seed, episodes, device):
+def d3rlpy_run(ids, protocol, seed, episodes, device):
+    """d3rlpy's DT with the same number of updates, learning rate and warm-up as our agents get."""
+    cfg = PROTOCOLS[protocol]
+    steps, warmup = cfg.steps, cfg.warmup_steps
     python = ROOT / ".venv-d3rlpy" / "bin" / "python"
     cmd = [str(python), str(ROOT / "experiments" / "d3rlpy_baseline.py"), "train", "--steps", str(steps),
-           "--seed", str(seed), "--episodes", str(episodes), "--device", "cuda:0" if device == "cuda" else "cpu:0"]
+           "--seed", str(seed), "--episodes", str(episodes), "--lr", str(cfg.lr), "--warmup", str(warmup),
+           "--device", "cuda:0" if device == "cuda" else "cpu:0"]
     for i in ids:
         cmd += ["--dataset", i]
     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
@@ -65,7 +69,6 @@ def main():
     torch.set_num_threads(args.threads)
     csv_path = ROOT / "results" / f"grid_{args.protocol}.csv"
     done = pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=["dataset", "agent", "seed"])
-    steps = PROTOCOLS[args.protocol].steps
     for name in args.datasets:
         ids = DATASETS[name]
         for agent in args.agents:
@@ -73,7 +76,7 @@ def main():
                 if ((done.dataset == name) & (done.agent == agent) & (done.seed == seed)).any():
                     continue
                 if agent == "d3rlpy-dt":
-                    row = d3rlpy_run(ids, steps, seed, args.episodes, args.device)
+                    row = d3rlpy_run(ids, args.protocol, seed, args.episodes, args.device)
                 else:
                     out = ROOT / "runs" / "grid" / args.protocol / name / f"{agent}-s{seed}"
                     row = train_and_evaluate(ids, agent, out, protocol=args.protocol, tokens=args.tokens,
