@@ -77,12 +77,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="cpu", out_dir=None) -> dict:
+def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="cpu", runtime="torch",
+                 out_dir=None) -> dict:
     """Evaluate a run's last checkpoint; writes per-episode CSV and a JSON summary next to it."""
     from .evaluation import default_target_return, rollout
     from .policy import Policy
 
-    policy = Policy.load(run, device=device)
+    policy = Policy.load(run, device=device, runtime=runtime)
     env_id = policy.env_id
     targets = list(target_returns or [default_target_return(env_id)])
     frames = [
@@ -113,6 +114,7 @@ def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="c
         "datasets": policy.meta.get("datasets"),
         "backbone": policy.model.config.backbone,
         "device": str(device),
+        "runtime": runtime,
         "results": rows,
     }
     out_dir = Path(out_dir or Path(policy.meta["path"]).parent.parent / "eval")
@@ -159,7 +161,7 @@ def quickstart(args) -> str:
 def cmd_evaluate(args) -> int:
     run = args.run or quickstart(args)
     summary = evaluate_run(run, episodes=args.episodes, target_returns=args.target_return,
-                           seeds=args.seed or [0], device=args.device)
+                           seeds=args.seed or [0], device=args.device, runtime=args.runtime)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -185,6 +187,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-return", type=float, action="append", help="repeatable; default: DT's per env")
     p.add_argument("--seed", type=int, action="append", help="repeatable: several seeds give a std over seeds")
     p.add_argument("--device", default="cpu", help="where the policy network runs (MuJoCo always on CPU)")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="what runs the policy network (onnxruntime: CPU only, fastest at small batch)")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of a table")
     p.add_argument("--quickstart-steps", type=int, default=1500, help=argparse.SUPPRESS)
     p.add_argument("--quickstart-out", default="runs/quickstart", help=argparse.SUPPRESS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,7 +30,10 @@ class StepFunction(nn.Module):
 
     def __init__(self, model: DecisionRNN):
         super().__init__()
-        self.model = model.eval()
+        self.model = model
+        # The wrapper itself must be in eval mode too: exporters restore the wrapper's mode afterwards,
+        # which would otherwise switch the wrapped model (and its dropout) back to training.
+        self.eval()
 
     def forward(self, obs, prev_action, returns_to_go, timestep, *state):
         action, next_state = self.model.step(obs, prev_action, returns_to_go, timestep, tuple(state))
@@ -91,3 +95,22 @@ def export_torchscript(model: DecisionRNN, path: str | os.PathLike) -> Path:
         traced = torch.jit.trace(StepFunction(model), example_inputs(model, batch_size=2), check_trace=False)
     traced.save(str(path))
     return path
+
+
+class OnnxStep:
+    """`DecisionRNN.step` run by onnxruntime on the CPU: same signature, torch tensors in and out."""
+
+    def __init__(self, model: DecisionRNN, threads: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, threads
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(model.cpu(), Path(tmp) / "step.onnx")
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names, _ = io_names(model)
+
+    def __call__(self, obs, prev_action, returns_to_go, timestep, state):
+        inputs = (obs, prev_action, returns_to_go, timestep, *state)
+        out = self.session.run(None, {n: t.numpy() for n, t in zip(self.input_names, inputs)})
+        return torch.from_numpy(out[0]), tuple(torch.from_numpy(s) for s in out[1:])

@@ -1,8 +1,9 @@
 """Per-step acting latency and evaluation throughput, side by side in one run.
 
-1. `act` latency at batch 1 on CPU (1 thread), median and p99 over many calls, for each backbone in
-   PyTorch eager (`Policy.act`: numpy in/out with input checks), TorchScript and onnxruntime (the
-   exported step function), next to d3rlpy's DecisionTransformer stateful wrapper (its own venv).
+1. `act` latency at batch 1 on CPU (1 thread), median and p99 over many calls, for each backbone:
+   `Policy.act` (numpy in/out with input checks) on eager PyTorch and on onnxruntime, and the bare
+   exported step function in TorchScript and onnxruntime; next to d3rlpy's DecisionTransformer
+   stateful wrapper (its own venv).
    Model size: DT's (embed 128, 3 layers, K=20). Latency does not depend on the weights' values.
 2. Evaluation throughput: env steps/s of 10 parallel Hopper-v5 envs with random actions (raw MuJoCo)
    vs the same loop with a batched `Policy.act` per step, and the policy's share of the time.
@@ -47,26 +48,29 @@ def timed(fn, calls):
     return float(np.median(times)), float(np.percentile(times, 99))
 
 
+def acting(policy, obs):
+    """One `act` per call, a fresh episode every 900 calls (inside the timestep table)."""
+    step = 0
+
+    def act():
+        nonlocal step
+        if step % 900 == 0:
+            policy.reset(3600.0)
+            policy.act(obs)
+        step += 1
+        policy.act(obs, 1.0)
+
+    return act
+
+
 def bench_backbone(backbone, tokens, calls, tmp):
     torch.manual_seed(0)
     model = DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, backbone=backbone, tokens=tokens)).eval()
     obs = np.random.default_rng(0).standard_normal(OBS).astype(np.float32)
     rows = []
 
-    policy = Policy(model)
-    policy.reset(3600.0)
-    policy.act(obs)
-    # keep the episode short of the timestep table's end: reset every 900 steps (outside the timing)
-    counter = {"n": 0}
-
-    def eager():
-        counter["n"] += 1
-        if counter["n"] % 900 == 0:
-            policy.reset(3600.0)
-            policy.act(obs)
-        policy.act(obs, 1.0)
-
-    rows.append(("pytorch eager (Policy.act)", *timed(eager, calls)))
+    for runtime in ["torch", "onnxruntime"]:
+        rows.append((f"Policy.act, runtime={runtime}", *timed(acting(Policy(model, runtime=runtime), obs), calls)))
 
     ts = torch.jit.load(str(export_torchscript(model, tmp / f"{backbone}-{tokens}.pt")))
     ts_state = list(model.initial_state(1))
@@ -126,9 +130,10 @@ def throughput(steps=1000, n_envs=10):
         obs, *_ = envs.step(actions[i])
     raw = time.perf_counter() - t0
     rows = [{"loop": "raw MuJoCo (random actions)", "env_steps_per_s": steps * n_envs / raw, "policy_share": 0.0}]
-    for backbone in ["mingru", "transformer"]:
-        model = DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, backbone=backbone, tokens="interleaved"))
-        policy = Policy(model)
+    for backbone, tokens, runtime in [("mingru", "interleaved", "torch"), ("mingru", "compact", "torch"),
+                                      ("mingru", "compact", "onnxruntime"), ("transformer", "interleaved", "torch")]:
+        model = DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, backbone=backbone, tokens=tokens))
+        policy = Policy(model, runtime=runtime)
         obs, _ = envs.reset(seed=0)
         policy.reset(3600.0, batch_size=n_envs)
         reward, t_policy = None, 0.0
@@ -139,8 +144,9 @@ def throughput(steps=1000, n_envs=10):
             t_policy += time.perf_counter() - t1
             obs, reward, *_ = envs.step(action)
         total = time.perf_counter() - t0
-        rows.append({"loop": f"{backbone} policy, batch {n_envs}", "env_steps_per_s": steps * n_envs / total,
-                     "policy_share": t_policy / total, "overhead_vs_raw": total / raw - 1})
+        rows.append({"loop": f"{backbone} {tokens} policy ({runtime}), batch {n_envs}",
+                     "env_steps_per_s": steps * n_envs / total, "policy_share": t_policy / total,
+                     "overhead_vs_raw": total / raw - 1})
     envs.close()
     return rows
 

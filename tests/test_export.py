@@ -60,3 +60,10 @@ def test_numpy_only_control_loop_matches_policy(tmp_path):
         obs, reward = rng.standard_normal(11).astype(np.float32), float(rng.uniform(0, 3))
         np.testing.assert_allclose(onnx_policy.act(obs, 0.0 if t == 0 else reward),
                                    policy.act(obs, None if t == 0 else reward), atol=1e-5)
+
+
+def test_export_leaves_the_model_in_eval_mode(tmp_path):
+    model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, embed_dim=16, n_layers=1)).eval()
+    export_onnx(model, tmp_path / "p.onnx")
+    export_torchscript(model, tmp_path / "p.pt")
+    assert not any(m.training for m in model.modules()), "export switched dropout back on"

@@ -10,18 +10,19 @@ from decision_rnn.evaluation import rollout
 BACKBONES = ["mingru", "minlstm", "lru", "transformer"]
 
 
-def make_policy(dataset, backbone="mingru", tokens="interleaved"):
+def make_policy(dataset, backbone="mingru", tokens="interleaved", runtime="torch"):
     torch.manual_seed(0)
     model = DecisionRNN(ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone=backbone,
                                     tokens=tokens, embed_dim=16, n_layers=2, context_len=10))
     model.set_normalization(dataset.obs_mean, dataset.obs_std)
-    return Policy(model, meta={"env_id": dataset.env_id})
+    return Policy(model, meta={"env_id": dataset.env_id}, runtime=runtime)
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("tokens", ["interleaved", "compact"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, backbone, tokens):
-    policy = make_policy(embedded, backbone, tokens)
+def test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, backbone, tokens, runtime):
+    policy = make_policy(embedded, backbone, tokens, runtime)
     start, end = embedded.offsets[0], embedded.offsets[1]
     T = policy.model.config.context_len if backbone == "transformer" else min(end - start, 200)
     obs = embedded.observations[start:start + T]
@@ -68,6 +69,8 @@ def test_bad_input_gives_clear_errors(embedded):
         policy.act(obs)
     with pytest.raises(ValueError, match="batch_size"):
         policy.reset(3000.0, batch_size=0)
+    with pytest.raises(ValueError, match="unknown runtime"):
+        Policy(policy.model, runtime="tensorrt")
 
 
 def test_two_episode_evaluation_gives_finite_normalized_scores(embedded):
