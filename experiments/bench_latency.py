@@ -163,7 +163,7 @@ def main():
         for backbone in ["mingru", "minlstm", "lru", "transformer"]:
             for tokens in ["interleaved", "compact"]:
                 rows += bench_backbone(backbone, tokens, args.calls, Path(tmp))
-                print(rows[-3:], flush=True)
+                print(rows[-5:], flush=True)
     if not args.skip_d3rlpy and (base := d3rlpy_latency(args.calls)):
         rows.append(base)
     latency = pd.DataFrame(rows)
