@@ -1,6 +1,7 @@
 """A small, model-agnostic supervised trainer with exact resume.
 
 The model only needs `loss(batch)`; the sampler only needs `sample()` and a numpy `rng`.
+Logs go to `log.csv` / `eval.csv` in the run directory, and to TensorBoard when it is installed.
 Resume restores weights, optimizer, scheduler, the torch RNG (dropout) and the sampler's RNG, so on
 CPU an interrupted-and-resumed run reproduces the uninterrupted one exactly (tested).
 """
@@ -58,6 +59,15 @@ def make_sampler(dataset, model: DecisionRNN, config: TrainConfig, device: torch
     )
 
 
+def _tensorboard_writer(path: Path):
+    """A TensorBoard writer when the `tensorboard` package is installed (optional), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path))
+
+
 class Trainer:
     """Runs `config.steps` AdamW updates of `model.loss`, logging and checkpointing into `run_dir`."""
 
@@ -86,6 +96,7 @@ class Trainer:
             self.optimizer, lambda s: min((s + 1) / warmup, 1.0)  # DT's linear warm-up
         )
         self.step = 0
+        self._tensorboard = None
         compiled = torch.compile(model) if config.compile else model
         self._loss_fn = compiled.loss if config.compile else model.loss
 
@@ -145,6 +156,11 @@ class Trainer:
                     writer.writerows(kept)
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
+        if self._tensorboard is not None:
+            prefix = name.removesuffix(".csv")
+            for key, value in row.items():
+                if key != "step":
+                    self._tensorboard.add_scalar(f"{prefix}/{key}", value, row["step"])
         path = self.run_dir / name
         new = not path.exists() or path.stat().st_size == 0
         with open(path, "a", newline="") as f:
@@ -179,6 +195,7 @@ class Trainer:
         """Train until `config.steps` updates; returns a summary (final loss, wall time, rate)."""
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._tensorboard = _tensorboard_writer(self.run_dir / "tensorboard")
         start_step, t0 = self.step, time.perf_counter()
         last_t, last_step, loss = t0, self.step, math.nan
         bar = tqdm(total=c.steps, initial=self.step, disable=not progress, unit="upd", dynamic_ncols=True)
@@ -198,6 +215,8 @@ class Trainer:
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 self.save()
         bar.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
         wall = time.perf_counter() - t0
         done = self.step - start_step
         return {"steps": self.step, "final_loss": loss, "wall_s": wall, "updates_per_s": done / max(wall, 1e-9)}
