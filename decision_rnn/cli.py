@@ -12,9 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from .config import ModelConfig, TrainConfig, config_from_dict
+from .config import ModelConfig, TrainConfig, config_from_dict, default_context
 
 log = logging.getLogger("decision_rnn")
 
@@ -25,14 +23,6 @@ TRAIN_FLAGS = {"steps": int, "batch_size": int, "context": str, "episode_batch_s
                "episode_max_len": int, "lr": float, "weight_decay": float, "warmup_steps": int, "seed": int,
                "device": str, "compile": bool, "log_every": int, "checkpoint_every": int, "eval_every": int,
                "eval_episodes": int, "target_return": float}
-
-
-def default_context(backbone: str) -> str:
-    """Recurrent backbones train on whole episodes (their rollout mode); the transformer on DT windows.
-
-    Chosen by measurement: see README "Window vs episode context" and experiments/context_ablation.py.
-    """
-    return "window" if backbone == "transformer" else "episode"
 
 
 def _configs(args, dataset) -> tuple[ModelConfig, TrainConfig]:
@@ -77,69 +67,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="cpu", runtime="torch",
-                 out_dir=None) -> dict:
-    """Evaluate a run's last checkpoint; writes per-episode CSV and a JSON summary next to it."""
-    from .evaluation import default_target_return, rollout
-    from .policy import Policy
-
-    policy = Policy.load(run, device=device, runtime=runtime)
-    env_id = policy.env_id
-    targets = list(target_returns or [default_target_return(env_id)])
-    frames = [
-        rollout(policy, env_id, episodes, t, seed=s * 1_000_003).assign(seed_group=s)
-        for t in targets
-        for s in seeds
-    ]
-    frame = pd.concat(frames, ignore_index=True)
-    rows = []
-    for t, g in frame.groupby("target_return"):
-        per_seed = g.groupby("seed_group")["normalized_score"].mean()
-        rows.append({
-            "target_return": float(t),
-            "episodes": int(len(g)),
-            "seeds": int(per_seed.size),
-            "score_mean": float(g.normalized_score.mean()),
-            "score_std_episodes": float(g.normalized_score.std(ddof=0)),
-            "score_std_seeds": float(per_seed.std(ddof=0)) if per_seed.size > 1 else None,
-            "return_mean": float(g["return"].mean()),
-            "length_mean": float(g["length"].mean()),
-        })
-    summary = {
-        "run": str(run),
-        "checkpoint": policy.meta["path"],
-        "checkpoint_step": policy.meta["step"],
-        "checkpoint_kind": "last",
-        "env_id": env_id,
-        "datasets": policy.meta.get("datasets"),
-        "backbone": policy.model.config.backbone,
-        "device": str(device),
-        "runtime": runtime,
-        "results": rows,
-    }
-    out_dir = Path(out_dir or Path(policy.meta["path"]).parent.parent / "eval")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_dir / "episodes.csv", index=False)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    summary["files"] = {"episodes": str(out_dir / "episodes.csv"), "summary": str(out_dir / "summary.json")}
-    return summary
-
-
-def format_summary(summary: dict) -> str:
-    lines = [
-        f"{summary['backbone']} on {summary['env_id']} ({', '.join(summary['datasets'] or [])}), "
-        f"last checkpoint step {summary['checkpoint_step']}",
-        f"{'target':>8} {'episodes':>8} {'normalized score':>22} {'return':>9} {'length':>7}",
-    ]
-    for r in summary["results"]:
-        spread = f"± {r['score_std_episodes']:.1f}"
-        if r["score_std_seeds"] is not None:
-            spread += f" (seeds ± {r['score_std_seeds']:.1f})"
-        lines.append(f"{r['target_return']:>8.0f} {r['episodes']:>8d} {r['score_mean']:>8.1f} {spread:<13} "
-                     f"{r['return_mean']:>9.1f} {r['length_mean']:>7.0f}")
-    return "\n".join(lines)
-
-
 def quickstart(args) -> str:
     """No run given: train a small agent on the embedded dataset, then evaluate it (README main job)."""
     from .data import EMBEDDED_DATASET, load_dataset
@@ -160,6 +87,8 @@ def quickstart(args) -> str:
 
 def cmd_evaluate(args) -> int:
     run = args.run or quickstart(args)
+    from .evaluation import evaluate_run, format_summary
+
     summary = evaluate_run(run, episodes=args.episodes, target_returns=args.target_return,
                            seeds=args.seed or [0], device=args.device, runtime=args.runtime)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))

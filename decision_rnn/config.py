@@ -54,9 +54,10 @@ class TrainConfig:
     """Gradient updates. DT: 10 iterations x 10k steps = 100k."""
     batch_size: int = 64
     """Sequences per update in `window` context. DT: batch_size=64."""
-    context: Literal["window", "episode"] = "window"
+    context: Literal["window", "episode"] | None = None
     """`window`: DT's K-step windows from random starts. `episode`: whole episodes from their start,
-    so the recurrent state seen in training is the one it has at rollout (ours)."""
+    so the recurrent state seen in training is the one it has at rollout (ours). None: by backbone,
+    `default_context` (episode for recurrent backbones, window for the transformer)."""
     episode_batch_size: int = 16
     """Episodes per update in `episode` context (each is up to 1000 steps: ~16x a window batch's steps)."""
     episode_max_len: int | None = None
@@ -86,6 +87,14 @@ class TrainConfig:
     """Return-to-go the agent is conditioned on at evaluation (None: the env's DT default)."""
 
 
+def default_context(backbone: str) -> str:
+    """Recurrent backbones train on whole episodes (their rollout mode); the transformer on DT windows.
+
+    Chosen by measurement: README "Window vs episode context", experiments/context_ablation.py.
+    """
+    return "window" if backbone == "transformer" else "episode"
+
+
 def config_from_dict(cls, data: dict[str, Any]):
     """Build a config dataclass from a dict, rejecting unknown keys with a clear message."""
     known = {f.name for f in fields(cls)}
@@ -101,8 +110,8 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
         raise ValueError(f"tokens must be one of {TOKENIZATIONS}, got {model.tokens!r}")
     if model.obs_dim < 1 or model.act_dim < 1:
         raise ValueError(f"obs_dim and act_dim must be positive, got {model.obs_dim}, {model.act_dim}")
-    if train is not None and train.context not in CONTEXTS:
+    if train is not None and train.context not in (*CONTEXTS, None):
         raise ValueError(f"context must be one of {CONTEXTS}, got {train.context!r}")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "config_from_dict", "validate", "asdict"]
+__all__ = ["ModelConfig", "TrainConfig", "asdict", "config_from_dict", "default_context", "validate"]

@@ -15,8 +15,9 @@ import pandas as pd
 import torch
 
 from decision_rnn import ModelConfig, TrainConfig
-from decision_rnn.cli import default_context, evaluate_run
+from decision_rnn.config import default_context
 from decision_rnn.data import load_dataset
+from decision_rnn.evaluation import evaluate_run
 from decision_rnn.training import train
 
 PROTOCOLS = {

@@ -74,18 +74,6 @@ def rollout(
     })
 
 
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std of the normalized score (and raw return) per target return."""
-    g = frame.groupby("target_return")
-    return pd.DataFrame({
-        "episodes": g.size(),
-        "score_mean": g["normalized_score"].mean(),
-        "score_std": g["normalized_score"].std(ddof=0),
-        "return_mean": g["return"].mean(),
-        "length_mean": g["length"].mean(),
-    }).reset_index()
-
-
 def make_eval_hook(env_id: str, episodes: int, target_return: float, seed: int = 10_000):
     """A `Trainer` eval hook: the current model's normalized score on `episodes` fixed-seed episodes."""
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig, validate
+from ..config import TrainConfig, default_context, validate
 from ..data import EpisodeSampler, WindowSampler
 from ..models import DecisionRNN
 from .checkpoint import CheckpointError, find_checkpoint, load_trainer_state, save_checkpoint
@@ -50,7 +50,7 @@ def seed_everything(seed: int) -> None:
 
 def make_sampler(dataset, model: DecisionRNN, config: TrainConfig, device: torch.device):
     """`window`: DT's K-step windows; `episode`: whole episodes from their first step."""
-    if config.context == "window":
+    if (config.context or default_context(model.config.backbone)) == "window":
         return WindowSampler(
             dataset, model.config.context_len, config.batch_size, seed=config.seed, device=device
         )
