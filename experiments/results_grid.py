@@ -89,25 +89,25 @@ def main():
 
 
 def write_report(frame, protocol):
-    table = frame.pivot_table(index="dataset", columns="agent", values="score", aggfunc=["mean", "std", "count"])
+    stats = frame.groupby(["dataset", "agent"]).score.agg(["mean", "std", "count"])
+    agents = [a for a in AGENTS if a in set(frame.agent)]
     lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
-             "| dataset | data mean / max | " + " | ".join(a for a in AGENTS if a in set(frame.agent)) + " |",
-             "|---|---|" + "---|" * len(set(frame.agent))]
+             "| dataset | data mean / max | " + " | ".join(agents) + " |",
+             "|---|---|" + "---|" * len(agents)]
     for name in DATASETS:
-        if name not in table.index:
+        if name not in stats.index.get_level_values("dataset"):
             continue
         mean, best = dataset_reference(DATASETS[name])
         cells = []
-        for agent in [a for a in AGENTS if a in set(frame.agent)]:
-            if ("mean", agent) in table.columns and not np.isnan(table.loc[name, ("mean", agent)]):
-                std = table.loc[name, ("std", agent)]
-                cells.append(f"{table.loc[name, ('mean', agent)]:.1f} ± {0 if np.isnan(std) else std:.1f} "
-                             f"(n={int(table.loc[name, ('count', agent)])})")
-            else:
+        for agent in agents:
+            if (name, agent) not in stats.index:
                 cells.append("—")
+                continue
+            m, sd, n = stats.loc[(name, agent)]
+            cells.append(f"{m:.1f}" + (f" ± {sd:.1f}" if n > 1 else "") + f" (n={int(n)})")
         lines.append(f"| {name} | {mean:.1f} / {best:.1f} | " + " | ".join(cells) + " |")
     wall = frame.groupby("agent").train_wall_s.mean()
-    lines += ["", "Mean training wall-clock per run (s): " + ", ".join(f"{a} {w:.0f}" for a, w in wall.items())]
+    lines += ["", "Mean training wall-clock per run (s): " + ", ".join(f"{a} {wall[a]:.0f}" for a in agents)]
     (ROOT / "results" / f"grid_{protocol}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
