@@ -98,7 +98,7 @@ def export_torchscript(model: DecisionRNN, path: str | os.PathLike) -> Path:
 
 
 class OnnxStep:
-    """`DecisionRNN.step` run by onnxruntime on the CPU: same signature, torch tensors in and out."""
+    """`DecisionRNN.step` run by onnxruntime on the CPU: same signature, numpy arrays in and out."""
 
     def __init__(self, model: DecisionRNN, threads: int = 1):
         import onnxruntime as ort
@@ -111,6 +111,5 @@ class OnnxStep:
         self.input_names, _ = io_names(model)
 
     def __call__(self, obs, prev_action, returns_to_go, timestep, state):
-        inputs = (obs, prev_action, returns_to_go, timestep, *state)
-        out = self.session.run(None, {n: t.numpy() for n, t in zip(self.input_names, inputs)})
-        return torch.from_numpy(out[0]), tuple(torch.from_numpy(s) for s in out[1:])
+        out = self.session.run(None, dict(zip(self.input_names, (obs, prev_action, returns_to_go, timestep, *state))))
+        return out[0], tuple(out[1:])

@@ -50,7 +50,7 @@ class Policy:
 
             self._step = OnnxStep(model)
         else:
-            self._step = model.step
+            self._step = self._torch_step
         self.meta = meta or {}
         self.obs_dim = model.config.obs_dim
         self.act_dim = model.config.act_dim
@@ -75,22 +75,20 @@ class Policy:
         target = np.broadcast_to(np.asarray(target_return, dtype=np.float32), (batch_size,))
         if not np.all(np.isfinite(target)):
             raise ValueError(f"target_return must be finite, got {target_return}")
-        d = self.device
         self.batch_size = batch_size
-        self._state = self.model.initial_state(batch_size, device=d)
-        self._rtg = torch.as_tensor(target.copy(), device=d)
-        self._prev_action = torch.zeros(batch_size, self.act_dim, device=d)
-        self._timestep = torch.zeros(batch_size, dtype=torch.long, device=d)
+        # Bookkeeping in numpy; the state stays in the runtime's own arrays (torch or numpy).
+        state = self.model.initial_state(batch_size, device=self.device)
+        self._state = tuple(s.numpy() for s in state) if self.runtime == "onnxruntime" else state
+        self._rtg = target.copy()
+        self._prev_action = np.zeros((batch_size, self.act_dim), np.float32)
+        self._timestep = np.zeros(batch_size, np.int64)
 
-    @torch.inference_mode()
     def act(self, obs, reward=None) -> np.ndarray:
         """Action for `obs` ((obs_dim,) or (batch, obs_dim)); `reward`: received since the previous act."""
         if self.batch_size is None:
             raise RuntimeError("call policy.reset(target_return) before policy.act(obs)")
-        obs_t = self._as_batch(obs, "obs", self.obs_dim)
-        single = np.ndim(obs) == 1
-        started = bool(self._timestep[0] > 0)
-        if started:
+        obs_b = self._as_batch(obs, "obs", self.obs_dim)
+        if self._timestep[0] > 0:
             if reward is None:
                 raise ValueError(
                     "act() after the first step needs the reward received since the previous act "
@@ -99,13 +97,20 @@ class Policy:
             self._rtg = self._rtg - self._as_batch(reward, "reward", None)
         elif reward is not None:
             raise ValueError("the first act() after reset() takes no reward: nothing was received yet")
-        action, self._state = self._step(obs_t, self._prev_action, self._rtg, self._timestep, self._state)
+        action, self._state = self._step(obs_b, self._prev_action, self._rtg, self._timestep, self._state)
         self._prev_action = action
         self._timestep = self._timestep + 1
-        out = action.float().cpu().numpy()
-        return out[0] if single else out
+        return action[0] if np.ndim(obs) == 1 else action
 
-    def _as_batch(self, value, name: str, dim: int | None) -> torch.Tensor:
+    @torch.inference_mode()
+    def _torch_step(self, obs, prev_action, returns_to_go, timestep, state):
+        """`DecisionRNN.step` on numpy inputs: numpy action, torch state."""
+        d = self.device
+        inputs = (torch.from_numpy(x).to(d) for x in (obs, prev_action, returns_to_go, timestep))
+        action, state = self.model.step(*inputs, state)
+        return action.float().cpu().numpy(), state
+
+    def _as_batch(self, value, name: str, dim: int | None) -> np.ndarray:
         arr = np.asarray(value)
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise TypeError(f"{name} must be a real number array, got dtype {arr.dtype}")
@@ -120,4 +125,4 @@ class Policy:
             raise ValueError(f"{name} must have shape {hint}{expected} (batch_size={self.batch_size}), got {given}")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains NaN or inf: {arr}")
-        return torch.as_tensor(arr, dtype=torch.float32, device=self.device)
+        return np.ascontiguousarray(arr, dtype=np.float32)
