@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig, default_context, validate
 from ..data import EpisodeSampler, WindowSampler
 from ..models import DecisionRNN
-from .checkpoint import CheckpointError, find_checkpoint, load_trainer_state, save_checkpoint
+from .checkpoint import CheckpointError, find_checkpoint, load_model, load_trainer_state, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ class Trainer:
         )
         self.step = 0
         self._tensorboard = None
-        compiled = torch.compile(model) if config.compile else model
-        self._loss_fn = compiled.loss if config.compile else model.loss
+        # compile the loss itself: `torch.compile(model).loss` would run the uncompiled module
+        self._loss_fn = torch.compile(model.loss) if config.compile else model.loss
 
     # ---- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -117,8 +117,6 @@ class Trainer:
             ckpt = find_checkpoint(self.run_dir)
         except CheckpointError:
             return False
-        from .checkpoint import load_model  # local: avoids re-reading weights when not resuming
-
         loaded, _ = load_model(ckpt, self.device)
         self.model.load_state_dict(loaded.state_dict())
         state = load_trainer_state(ckpt)
