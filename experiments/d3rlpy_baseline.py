@@ -68,13 +68,23 @@ def make_dt(device="cpu:0", lr=1e-4, warmup=10000):
     ).create(device=device)
 
 
-def fit(dt, dataset, steps):
+def fit(dt, dataset, steps, callback=None):
+    """Train `steps` updates; returns training wall-clock, excluding time spent in `callback`."""
     import d3rlpy
+
+    spent = 0.0
+
+    def timed_callback(algo, epoch, step):
+        nonlocal spent
+        t = time.perf_counter()
+        callback(algo, step)
+        spent += time.perf_counter() - t
 
     t0 = time.perf_counter()
     dt.fit(dataset, n_steps=steps, n_steps_per_epoch=steps, show_progress=False,
-           logger_adapter=d3rlpy.logging.NoopAdapterFactory(), save_interval=10**9)
-    return time.perf_counter() - t0
+           logger_adapter=d3rlpy.logging.NoopAdapterFactory(), save_interval=10**9,
+           callback=timed_callback if callback else None)
+    return time.perf_counter() - t0 - spent
 
 
 def cmd_speed(args):
@@ -104,10 +114,12 @@ def cmd_latency(args):
             "p99_us": float(np.percentile(times, 99)), "calls": args.steps}
 
 
-def evaluate(dt, env_id, ref, episodes, seed):
+def evaluate(dt, env_id, ref, episodes, seed, target=None):
+    """Sequential episodes with d3rlpy's stateful wrapper; episode e starts from env seed `seed + e`
+    (the same start states as decision_rnn's batched rollout with that seed)."""
     import gymnasium as gym
 
-    target = TARGETS[env_id.split("-")[0]]
+    target = target or TARGETS[env_id.split("-")[0]]
     env = gym.make(env_id)
     returns = []
     for e in range(episodes):
@@ -124,17 +136,30 @@ def evaluate(dt, env_id, ref, episodes, seed):
 
 
 def cmd_train(args):
+    """Train, score the last model; optionally a learning curve (every N updates) and a target sweep."""
     import d3rlpy
 
     d3rlpy.seed(args.seed)
     dataset, env_id, ref = load(args.dataset)
     dt = make_dt(args.device, lr=args.lr, warmup=args.warmup)
-    wall = fit(dt, dataset, args.steps)
-    returns, scores = evaluate(dt, env_id, ref, args.episodes, seed=10_000 * (args.seed + 1))
+    eval_seed = args.eval_seed if args.eval_seed is not None else args.seed
+    curve = []
+
+    def checkpoint_score(algo, step):
+        if args.curve_every and step % args.curve_every == 0 and step < args.steps:
+            scores = evaluate(algo, env_id, ref, args.episodes, eval_seed)[1]
+            curve.append({"step": step, "score": float(scores.mean())})
+
+    wall = fit(dt, dataset, args.steps, callback=checkpoint_score)
+    returns, scores = evaluate(dt, env_id, ref, args.episodes, seed=eval_seed)
+    curve.append({"step": args.steps, "score": float(scores.mean())})
+    sweep = [{"target": t, "score": float(evaluate(dt, env_id, ref, args.episodes, eval_seed, target=t)[1].mean())}
+             for t in args.sweep]
     return {"impl": "d3rlpy DecisionTransformer", "datasets": args.dataset, "seed": args.seed,
             "steps": args.steps, "lr": args.lr, "warmup": args.warmup, "train_wall_s": wall,
-            "score_mean": float(scores.mean()),
-            "score_std": float(scores.std()), "return_mean": float(returns.mean()), "episodes": args.episodes}
+            "score_mean": float(scores.mean()), "score_std": float(scores.std()),
+            "return_mean": float(returns.mean()), "episodes": args.episodes,
+            "curve": curve, "sweep": sweep}
 
 
 def main():
@@ -148,6 +173,10 @@ def main():
     p.add_argument("--device", default="cpu:0")
     p.add_argument("--lr", type=float, default=1e-4, help="train: learning rate (the reproduction's 1e-4)")
     p.add_argument("--warmup", type=int, default=10000, help="train: warm-up updates (the reproduction's 10k)")
+    p.add_argument("--eval-seed", type=int, default=None, help="train: first env seed of the evaluation episodes")
+    p.add_argument("--curve-every", type=int, default=0, help="train: also score the model every N updates")
+    p.add_argument("--sweep", type=float, nargs="*", default=[],
+                   help="train: score the last model at these targets too")
     args = p.parse_args()
     args.dataset = args.dataset or ["zoo/hopper/medium-v0"]
     torch.set_num_threads(args.threads)

@@ -26,6 +26,15 @@ PROTOCOLS = {
 }
 
 
+def protocol_config(protocol: str, steps: int | None = None) -> TrainConfig:
+    """The protocol's TrainConfig, with `steps` overridden; the CPU protocol warms up over 10% of them."""
+    cfg = PROTOCOLS[protocol]
+    cfg = replace(cfg, steps=steps or cfg.steps)
+    if protocol == "cpu":
+        cfg = replace(cfg, warmup_steps=max(cfg.steps // 10, 1))
+    return cfg
+
+
 def training_seconds(run_dir: Path) -> float:
     """Wall-clock training time of a run from its log.csv, summed over resumed segments.
 
@@ -53,10 +62,8 @@ def train_and_evaluate(
     """Train one agent (resuming if `out` has checkpoints) and evaluate its LAST checkpoint."""
     dataset = load_dataset(datasets if len(datasets) > 1 else datasets[0])
     model_cfg = ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone=backbone, tokens=tokens)
-    train_cfg = replace(PROTOCOLS[protocol], context=context or default_context(backbone), seed=seed,
-                        device=device, steps=steps or PROTOCOLS[protocol].steps)
-    if protocol == "cpu":
-        train_cfg = replace(train_cfg, warmup_steps=max(train_cfg.steps // 10, 1))
+    train_cfg = replace(protocol_config(protocol, steps), context=context or default_context(backbone), seed=seed,
+                        device=device)
     summary = train(dataset, model_cfg, train_cfg, out, resume=True, progress=False)
     result = evaluate_run(out, episodes=episodes, seeds=[seed], device=device)["results"][0]
     return {

@@ -1,25 +1,35 @@
 """The headline grid: normalized scores on Hopper and Walker2d for our agents and d3rlpy's DT.
 
-    python experiments/results_grid.py --protocol cpu   [--seeds 0 1 2] [--episodes 10]
+    python experiments/results_grid.py --protocol cpu   [--seeds 0 1 2] [--episodes 10] [--threads 1]
     python experiments/results_grid.py --protocol paper --device cuda --seeds 0 1 2 --episodes 100
+    python experiments/results_grid.py --report          # only rewrite the markdown table
 
 Each (dataset, agent, seed) trains into runs/grid/..., resumes if interrupted, and is skipped when its
-result row already exists in results/grid_<protocol>.csv (so the grid can be filled over several
-sessions). Scores are from the LAST checkpoint. Writes results/grid_<protocol>.{csv,md}.
+result row already exists in results/grid_<protocol>.csv, so the grid can be filled over several
+sessions and by several workers at once (each run is claimed with a lock file; CSV appends are
+locked). Runs go seed-major: every dataset gets seed 0 before any gets seed 1.
+
+Per run, besides the score of the LAST checkpoint at DT's target return, results/grid_<protocol>_curves.csv
+gets the learning curve (the score of every intermediate checkpoint) and a target sweep (the last
+checkpoint at 0.5, 0.75 and 1.25 x DT's target). All evaluations of one seed use the same episode
+start states for every agent (paired comparison). Writes results/grid_<protocol>.{csv,md}.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from protocol import PROTOCOLS, train_and_evaluate
+from protocol import PROTOCOLS, protocol_config, train_and_evaluate
 
 from decision_rnn.data import load_dataset
+from decision_rnn.evaluation import default_target_return, evaluate_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {
@@ -31,28 +41,104 @@ DATASETS = {
     "walker2d-medium-expert": ["zoo/walker2d/medium-v0", "zoo/walker2d/expert-v0"],
 }
 AGENTS = ["mingru", "minlstm", "lru", "transformer", "d3rlpy-dt"]
+SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
 
 
-def d3rlpy_run(ids, protocol, seed, episodes, device):
+def eval_seed(seed: int) -> int:
+    """First env seed of a run's evaluation episodes (what `evaluate_run(seeds=[seed])` uses)."""
+    return seed * 1_000_003
+
+
+@contextmanager
+def locked(path: Path):
+    """An exclusive lock held on `path`.lock while the block runs (workers share the CSVs)."""
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_rows(path: Path, rows: list[dict]) -> pd.DataFrame:
+    """Append rows to a CSV under its lock (re-read first, write a temp file, rename). Returns the table."""
+    with locked(path):
+        frame = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        frame = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    return frame
+
+
+def claim(run_dir: Path) -> bool:
+    """Take the run for this process unless a live process holds it; a dead holder's claim is taken over."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = run_dir.with_name(run_dir.name + ".claim")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(lock.read_text() or 0), 0)
+            return False  # its holder is alive
+        except (ProcessLookupError, ValueError):
+            lock.unlink(missing_ok=True)
+            return claim(run_dir)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
+def d3rlpy_run(ids, protocol, seed, episodes, device, threads):
     """d3rlpy's DT with the same number of updates, learning rate and warm-up as our agents get."""
-    cfg = PROTOCOLS[protocol]
-    steps, warmup = cfg.steps, cfg.warmup_steps
+    cfg = protocol_config(protocol)
     python = ROOT / ".venv-d3rlpy" / "bin" / "python"
-    cmd = [str(python), str(ROOT / "experiments" / "d3rlpy_baseline.py"), "train", "--steps", str(steps),
-           "--seed", str(seed), "--episodes", str(episodes), "--lr", str(cfg.lr), "--warmup", str(warmup),
-           "--device", "cuda:0" if device == "cuda" else "cpu:0"]
+    target = default_target_return(load_env_id(ids))
+    cmd = [str(python), str(ROOT / "experiments" / "d3rlpy_baseline.py"), "train", "--steps", str(cfg.steps),
+           "--seed", str(seed), "--episodes", str(episodes), "--lr", str(cfg.lr), "--warmup", str(cfg.warmup_steps),
+           "--device", "cuda:0" if device == "cuda" else "cpu:0", "--threads", str(threads),
+           "--eval-seed", str(eval_seed(seed)), "--curve-every", str(cfg.checkpoint_every),
+           "--sweep", *[str(f * target) for f in SWEEP]]
     for i in ids:
         cmd += ["--dataset", i]
-    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-    return {"agent": "d3rlpy-dt", "tokens": "interleaved", "context": "window", "seed": seed, "updates": steps,
-            "train_wall_s": out["train_wall_s"], "score": out["score_mean"], "score_std_episodes": out["score_std"],
-            "return_mean": out["return_mean"], "episodes": episodes}
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"d3rlpy baseline failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = {"agent": "d3rlpy-dt", "tokens": "interleaved", "context": "window", "seed": seed, "updates": cfg.steps,
+           "train_wall_s": out["train_wall_s"], "score": out["score_mean"], "score_std_episodes": out["score_std"],
+           "return_mean": out["return_mean"], "episodes": episodes}
+    curves = [{"kind": "curve", "x": c["step"], "score": c["score"]} for c in out["curve"]]
+    curves += [{"kind": "target", "x": s["target"], "score": s["score"]} for s in out["sweep"]]
+    curves.append({"kind": "target", "x": target, "score": out["score_mean"]})
+    return row, curves
+
+
+def our_curves(run_dir: Path, seed: int, episodes: int, device: str, final: dict) -> list[dict]:
+    """Scores of every intermediate checkpoint, and of the last one at the sweep's targets."""
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
+    rows = []
+    for ckpt in checkpoints[:-1]:
+        s = evaluate_run(ckpt, episodes=episodes, seeds=[seed], device=device, out_dir=run_dir / f"eval-{ckpt.name}")
+        rows.append({"kind": "curve", "x": s["checkpoint_step"], "score": s["results"][0]["score_mean"]})
+    rows.append({"kind": "curve", "x": final["updates"], "score": final["score"]})
+    target = default_target_return(final["env_id"])
+    sweep = evaluate_run(run_dir, episodes=episodes, seeds=[seed], device=device, out_dir=run_dir / "eval-sweep",
+                         target_returns=[f * target for f in SWEEP])
+    rows += [{"kind": "target", "x": r["target_return"], "score": r["score_mean"]} for r in sweep["results"]]
+    rows.append({"kind": "target", "x": target, "score": final["score"]})
+    return rows
+
+
+def load_env_id(ids):
+    return load_dataset(ids if len(ids) > 1 else ids[0]).env_id
 
 
 def dataset_reference(ids):
-    """What the data itself reaches: mean and max normalized episode return."""
-    scores = load_dataset(ids if len(ids) > 1 else ids[0]).normalized_returns()
-    return float(np.mean(scores)), float(np.max(scores))
+    """What the data itself reaches: mean and max normalized episode return, mean episode length."""
+    data = load_dataset(ids if len(ids) > 1 else ids[0])
+    scores = data.normalized_returns()
+    return float(np.mean(scores)), float(np.max(scores)), float(np.mean(data.episode_lengths))
 
 
 def main():
@@ -64,52 +150,82 @@ def main():
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--tokens", default="compact", help="tokenization of our agents")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (run one worker per core)")
+    p.add_argument("--report", action="store_true", help="only rewrite the markdown report from the CSV")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     csv_path = ROOT / "results" / f"grid_{args.protocol}.csv"
-    done = pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=["dataset", "agent", "seed"])
-    for name in args.datasets:
-        ids = DATASETS[name]
-        for agent in args.agents:
-            for seed in args.seeds:
+    curves_path = ROOT / "results" / f"grid_{args.protocol}_curves.csv"
+    for seed in [] if args.report else args.seeds:
+        for name in args.datasets:
+            for agent in args.agents:
+                done = pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=["dataset", "agent",
+                                                                                              "seed"])
                 if ((done.dataset == name) & (done.agent == agent) & (done.seed == seed)).any():
                     continue
+                out = ROOT / "runs" / "grid" / args.protocol / name / f"{agent}-s{seed}"
+                if not claim(out):
+                    continue
+                ids = DATASETS[name]
                 if agent == "d3rlpy-dt":
-                    row = d3rlpy_run(ids, args.protocol, seed, args.episodes, args.device)
+                    row, curves = d3rlpy_run(ids, args.protocol, seed, args.episodes, args.device, args.threads)
                 else:
-                    out = ROOT / "runs" / "grid" / args.protocol / name / f"{agent}-s{seed}"
                     row = train_and_evaluate(ids, agent, out, protocol=args.protocol, tokens=args.tokens,
                                              seed=seed, episodes=args.episodes, device=args.device)
-                row.update(dataset=name, protocol=args.protocol, load_avg=os.getloadavg()[0])
-                done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
-                done.to_csv(csv_path, index=False)  # after every run: an interrupted grid loses nothing
+                    curves = our_curves(out, seed, args.episodes, args.device, row)
+                row.update(dataset=name, protocol=args.protocol, threads=args.threads, load_avg=os.getloadavg()[0])
+                append_rows(curves_path, [{"dataset": name, "agent": agent, "seed": seed, **c} for c in curves])
+                append_rows(csv_path, [row])  # after every run: an interrupted grid loses nothing
+                out.with_name(out.name + ".claim").unlink(missing_ok=True)
                 print(row, flush=True)
-    write_report(done, args.protocol)
+    write_report(pd.read_csv(csv_path), args.protocol)
 
 
 def write_report(frame, protocol):
-    stats = frame.groupby(["dataset", "agent"]).score.agg(["mean", "std", "count"])
+    """Markdown table: mean ± std over seeds per (dataset, agent), data reference, wall-clock, goal check."""
+    stats = frame.groupby(["dataset", "agent"]).agg(mean=("score", "mean"), std=("score", "std"),
+                                                    n=("score", "count"), wall=("train_wall_s", "mean"))
     agents = [a for a in AGENTS if a in set(frame.agent)]
     lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
-             "| dataset | data mean / max | " + " | ".join(agents) + " |",
-             "|---|---|" + "---|" * len(agents)]
+             "Each cell: score (n = seeds) and mean training wall-clock per run in minutes.", "",
+             "| dataset | data mean / max | mean ep. length | " + " | ".join(agents) + " |",
+             "|---|---|---|" + "---|" * len(agents)]
     for name in DATASETS:
         if name not in stats.index.get_level_values("dataset"):
             continue
-        mean, best = dataset_reference(DATASETS[name])
+        mean, best, length = dataset_reference(DATASETS[name])
         cells = []
         for agent in agents:
             if (name, agent) not in stats.index:
                 cells.append("—")
                 continue
-            m, sd, n = stats.loc[(name, agent)]
-            cells.append(f"{m:.1f}" + (f" ± {sd:.1f}" if n > 1 else "") + f" (n={int(n)})")
-        lines.append(f"| {name} | {mean:.1f} / {best:.1f} | " + " | ".join(cells) + " |")
-    wall = frame.groupby("agent").train_wall_s.mean()
-    lines += ["", "Mean training wall-clock per run (s): " + ", ".join(f"{a} {wall[a]:.0f}" for a in agents)]
+            r = stats.loc[(name, agent)]
+            sd = f" ± {r['std']:.1f}" if r["n"] > 1 else ""
+            cells.append(f"{r['mean']:.1f}{sd} (n={int(r['n'])}, {r['wall'] / 60:.0f} min)")
+        lines.append(f"| {name} | {mean:.1f} / {best:.1f} | {length:.0f} | " + " | ".join(cells) + " |")
+    lines += ["", *goal_check(stats, agents)]
     (ROOT / "results" / f"grid_{protocol}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def goal_check(stats, agents):
+    """The issue's goals, judged on the datasets where every agent has at least one seed."""
+    ours = [a for a in ("mingru", "minlstm", "lru") if a in agents]
+    table = stats["mean"].unstack("agent")
+    complete = table.dropna().index.tolist() if set(AGENTS) <= set(table.columns) else []
+    if not complete:
+        return ["Goals: not judged yet (no dataset has every agent)."]
+    t = table.loc[complete]
+    best = t[ours].max(axis=1)
+    gap = best - t["d3rlpy-dt"]
+    lines = [f"Goals, on the {len(complete)} dataset(s) every agent has run ({', '.join(complete)}):",
+             f"- best recurrent agent ≥ d3rlpy DT on every dataset: {'yes' if (gap >= 0).all() else 'no'} "
+             f"(per dataset: {', '.join(f'{d} {g:+.1f}' for d, g in gap.items())})",
+             f"- ... and ≥ 3 points higher on average: {'yes' if gap.mean() >= 3 else 'no'} ({gap.mean():+.1f})"]
+    for a in ours:
+        level = (t[a] >= t["transformer"]).sum()
+        lines.append(f"- {a} ≥ our transformer: on {level} of {len(complete)} dataset(s)")
+    return lines
 
 
 if __name__ == "__main__":
