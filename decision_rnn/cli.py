@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .config import ModelConfig, TrainConfig, config_from_dict, default_context
+from .policy import RUNTIMES
 
 log = logging.getLogger("decision_rnn")
 
@@ -116,8 +117,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-return", type=float, action="append", help="repeatable; default: DT's per env")
     p.add_argument("--seed", type=int, action="append", help="repeatable: several seeds give a std over seeds")
     p.add_argument("--device", default="cpu", help="where the policy network runs (MuJoCo always on CPU)")
-    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
-                   help="what runs the policy network (onnxruntime: CPU only, fastest at small batch)")
+    p.add_argument("--runtime", choices=list(RUNTIMES), default="torch",
+                   help="what runs the policy network (onnxruntime, fused: CPU only; fused: recurrent backbones, "
+                        "fastest at small batch)")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of a table")
     p.add_argument("--quickstart-steps", type=int, default=1500, help=argparse.SUPPRESS)
     p.add_argument("--quickstart-out", default="runs/quickstart", help=argparse.SUPPRESS)

@@ -25,30 +25,37 @@ import torch
 
 from .models import DecisionRNN
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "fused")
 
 
 class Policy:
     """Wraps a trained `DecisionRNN` for step-by-step control. Not thread-safe; one per control loop.
 
-    `runtime="onnxruntime"` runs the exported step function (CPU only; needs the `export` extra):
-    the same actions within 1e-5, several times less time per call than eager PyTorch at batch 1
-    (results/bench_latency_cpu.md).
+    Runtimes (results/bench_latency_cpu.md has their time per call):
+    - `torch`: `DecisionRNN.step` in eager PyTorch, on `device` (CPU or CUDA).
+    - `onnxruntime`: the exported step function (CPU; the `export` extra), every backbone.
+    - `fused`: the whole step as one numba-compiled call (CPU; the `fast` extra), recurrent backbones
+      only; the fastest at small batch.
+    All give the same actions within 1e-5 (tested).
     """
 
     def __init__(self, model: DecisionRNN, *, device: str | torch.device = "cpu", meta: dict | None = None,
-                 runtime: str = "torch"):
+                 runtime: str = "torch", threads: int = 1):
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choices: {list(RUNTIMES)}")
         self.device = torch.device(device)
-        if runtime == "onnxruntime" and self.device.type != "cpu":
-            raise ValueError(f"runtime='onnxruntime' runs on the CPU, got device={device!r}; use runtime='torch'")
+        if runtime != "torch" and self.device.type != "cpu":
+            raise ValueError(f"runtime={runtime!r} runs on the CPU, got device={device!r}; use runtime='torch'")
         self.model = model.to(self.device).eval()
         self.runtime = runtime
         if runtime == "onnxruntime":
             from .export import OnnxStep
 
-            self._step = OnnxStep(model)
+            self._step = OnnxStep(model, threads=threads)
+        elif runtime == "fused":
+            from .fused import FusedStep
+
+            self._step = FusedStep(model)
         else:
             self._step = self._torch_step
         self.meta = meta or {}
@@ -57,12 +64,15 @@ class Policy:
         self.batch_size: int | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", runtime: str = "torch") -> Policy:
-        """Load from a run directory (its latest checkpoint) or a checkpoint folder."""
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", runtime: str = "torch",
+             threads: int = 1) -> Policy:
+        """Load from a run directory (its latest checkpoint) or a checkpoint folder.
+
+        `threads`: onnxruntime's intra-op threads (the other runtimes use torch's or one thread)."""
         from .training.checkpoint import load_model
 
         model, meta = load_model(path, device)
-        return cls(model, device=device, meta=meta, runtime=runtime)
+        return cls(model, device=device, meta=meta, runtime=runtime, threads=threads)
 
     @property
     def env_id(self) -> str | None:
@@ -77,8 +87,11 @@ class Policy:
             raise ValueError(f"target_return must be finite, got {target_return}")
         self.batch_size = batch_size
         # Bookkeeping in numpy; the state stays in the runtime's own arrays (torch or numpy).
-        state = self.model.initial_state(batch_size, device=self.device)
-        self._state = tuple(s.numpy() for s in state) if self.runtime == "onnxruntime" else state
+        if self.runtime == "fused":
+            self._state = self._step.initial_state(batch_size)
+        else:
+            state = self.model.initial_state(batch_size, device=self.device)
+            self._state = tuple(s.numpy() for s in state) if self.runtime == "onnxruntime" else state
         self._rtg = target.copy()
         self._prev_action = np.zeros((batch_size, self.act_dim), np.float32)
         self._timestep = np.zeros(batch_size, np.int64)

@@ -18,9 +18,9 @@ def make_policy(dataset, backbone="mingru", tokens="interleaved", runtime="torch
     return Policy(model, meta={"env_id": dataset.env_id}, runtime=runtime)
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+@pytest.mark.parametrize(("backbone", "runtime"), [(b, r) for b in BACKBONES for r in ("torch", "onnxruntime", "fused")
+                                                  if not (b == "transformer" and r == "fused")])
 @pytest.mark.parametrize("tokens", ["interleaved", "compact"])
-@pytest.mark.parametrize("backbone", BACKBONES)
 def test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, backbone, tokens, runtime):
     policy = make_policy(embedded, backbone, tokens, runtime)
     start, end = embedded.offsets[0], embedded.offsets[1]

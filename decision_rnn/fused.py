@@ -1,0 +1,299 @@
+"""The recurrent agents' whole `DecisionRNN.step` as one compiled CPU call (numba): the control-loop runtime.
+
+At batch 1 the step is ~12 small matrix-vector products and ~100 elementwise operations. Eager
+PyTorch and onnxruntime pay a dispatch per operation (a few hundred ns to µs each), which at this size
+costs more than the arithmetic (results/bench_latency_cpu.md). Here the step is a single compiled
+function over one flat float32 weight buffer, so the cost is the matrix-vector products themselves —
+bounded by reading the weights (2.8 MB at DT's size) from the cache.
+
+Same math as `DecisionRNN.step` in float32 (`fastmath` only reorders sums: equal within ~1e-5, tested);
+minGRU, minLSTM and LRU, both tokenizations, any batch size. The transformer is not supported: its
+step attends over a K-step window (use `runtime="onnxruntime"`). Needs `numba` (the `fast` extra).
+Compiled code is cached next to this file after the first use (a few seconds, once).
+
+State: one float32 array (n, B, H) holding the backbone's state tensors in `DecisionRNN.initial_state`
+order; `FusedStep.to_torch_state` gives them back as that tuple.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:
+    from numba import njit
+except ImportError as e:
+    raise ImportError("runtime='fused' needs numba: pip install 'decision-rnn[fast]' (or: pip install numba)") from e
+
+from .models import DecisionRNN
+
+KINDS = {"mingru": 0, "minlstm": 1, "lru": 2}
+
+
+class FusedStep:
+    """`DecisionRNN.step` as one numba call: numpy in, numpy out (the runtime behind `Policy(runtime="fused")`)."""
+
+    def __init__(self, model: DecisionRNN):
+        kind = model.config.backbone
+        if kind not in KINDS:
+            raise ValueError(f"runtime='fused' supports the recurrent backbones {sorted(KINDS)}, not {kind!r} "
+                             f"(its step attends over a K-step window); use runtime='onnxruntime'")
+        c = model.config
+        self.kind = KINDS[kind]
+        self.interleaved = c.tokens == "interleaved"
+        self.act_dim, self.dim = c.act_dim, c.embed_dim
+        self.n_layers = len(model.backbone.blocks)
+        shapes = model.backbone.state_shapes(1)
+        self.n_state, self.width = len(shapes), shapes[0][1]
+        self.params, self.table = _pack(model)
+        self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1], np.float64)
+
+    def initial_state(self, batch_size: int) -> np.ndarray:
+        return np.zeros((self.n_state, batch_size, self.width), np.float32)
+
+    def __call__(self, obs, prev_action, returns_to_go, timestep, state):
+        """(B, obs), (B, act), (B,), (B,) int, (n, B, H) -> ((B, act), (n, B, H)); the state is updated in place."""
+        action = np.empty((obs.shape[0], self.act_dim), np.float32)
+        step(self.params, self.table, self.kind, self.n_layers, self.interleaved, self.scalars,
+                     obs, prev_action, returns_to_go, np.ascontiguousarray(timestep, np.int64), state, action)
+        return action, state
+
+    def to_torch_state(self, state: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(s.copy()) for s in state)
+
+
+# ---- weights: one flat buffer + a table of (offset, rows, cols), in the order the kernel reads them ----
+
+def _pack(model: DecisionRNN) -> tuple[np.ndarray, np.ndarray]:
+    def f32(t):
+        return t.detach().cpu().double()
+
+    m = model
+    tensors = [f32(m.obs_mean)[None], (1.0 / f32(m.obs_std))[None], f32(m.embed_timestep.weight),
+               f32(m.embed_return.weight).T, f32(m.embed_return.bias)[None],
+               f32(m.embed_state.weight), f32(m.embed_state.bias)[None],
+               f32(m.embed_action.weight), f32(m.embed_action.bias)[None],
+               f32(m.embed_ln.weight)[None], f32(m.embed_ln.bias)[None]]
+    for block in m.backbone.blocks:
+        mixer = block.mixer
+        tensors += [f32(block.ln_1.weight)[None], f32(block.ln_1.bias)[None]]
+        if hasattr(mixer, "in_proj"):  # minGRU / minLSTM
+            tensors += [f32(mixer.in_proj.weight), f32(mixer.in_proj.bias)[None],
+                        f32(mixer.out_proj.weight), f32(mixer.out_proj.bias)[None]]
+        else:  # LRU: lambda, gamma * B and [C_re, -C_im] precomputed in float64
+            lam_re, lam_im = (f32(t) for t in mixer._lambda())
+            gamma = torch.exp(f32(mixer.gamma_log))[:, None]
+            tensors += [torch.cat([lam_re, lam_im])[None],
+                        torch.cat([gamma * f32(mixer.B_re), gamma * f32(mixer.B_im)]),
+                        torch.cat([f32(mixer.C_re), -f32(mixer.C_im)], dim=1), f32(mixer.D)[None]]
+        tensors += [f32(block.ln_2.weight)[None], f32(block.ln_2.bias)[None],
+                    f32(block.mlp.fc.weight), f32(block.mlp.fc.bias)[None],
+                    f32(block.mlp.proj.weight), f32(block.mlp.proj.bias)[None]]
+    head = m.action_head[0]
+    tensors += [f32(m.backbone.ln_f.weight)[None], f32(m.backbone.ln_f.bias)[None],
+                f32(head.weight), f32(head.bias)[None]]
+    table, offset = [], 0
+    for t in tensors:
+        table.append((offset, t.shape[0], t.shape[1]))
+        offset += t.numel()
+    params = np.concatenate([t.reshape(-1).numpy() for t in tensors]).astype(np.float32)
+    return params, np.array(table, np.int64)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def mat(P, L, k):
+    o, r, c = L[k, 0], L[k, 1], L[k, 2]
+    return P[o:o + r * c].reshape((r, c))
+
+@njit(cache=True, fastmath=True, nogil=True)
+def vec(P, L, k):
+    o, c = L[k, 0], L[k, 2]
+    return P[o:o + c]
+
+@njit(cache=True, fastmath=True, nogil=True)
+def linear(W, bias, x, out):
+    """out (B, O) = x (B, I) @ W (O, I).T + bias."""
+    for i in range(W.shape[0]):
+        for b in range(x.shape[0]):
+            acc = np.float32(0.0)
+            for j in range(W.shape[1]):
+                acc += W[i, j] * x[b, j]
+            out[b, i] = acc + bias[i]
+
+@njit(cache=True, fastmath=True, nogil=True)
+def layer_norm(x, w, bias, out):
+    n = x.shape[1]
+    for b in range(x.shape[0]):
+        mean = np.float32(0.0)
+        for j in range(n):
+            mean += x[b, j]
+        mean /= n
+        var = np.float32(0.0)
+        for j in range(n):
+            var += (x[b, j] - mean) ** 2
+        inv = np.float32(1.0) / np.sqrt(var / n + np.float32(1e-5))
+        for j in range(n):
+            out[b, j] = (x[b, j] - mean) * inv * w[j] + bias[j]
+
+@njit(cache=True, fastmath=True, nogil=True)
+def sigmoid(x):
+    return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def sigmoid_pair(u):
+    """(sigmoid(-u), sigmoid(u)) from one exp, each without cancellation."""
+    e = np.exp(-abs(u))
+    small = e / (np.float32(1.0) + e)
+    large = np.float32(1.0) / (np.float32(1.0) + e)
+    return (small, large) if u >= 0 else (large, small)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def erf(x):
+    """float32 erf as a rational polynomial (Eigen's and XLA's float erf; |error| < 4e-7), which,
+    unlike libm's erf, the compiler vectorizes."""
+    x = min(max(x, np.float32(-4.0)), np.float32(4.0))
+    x2 = x * x
+    p = x2 * np.float32(-2.72614225801306e-10) + np.float32(2.77068142495902e-08)
+    p = x2 * p + np.float32(-2.10102402082508e-06)
+    p = x2 * p + np.float32(-5.69250639462346e-05)
+    p = x2 * p + np.float32(-7.34990630326855e-04)
+    p = x2 * p + np.float32(-2.95459980854025e-03)
+    p = x2 * p + np.float32(-1.60960333262415e-02)
+    q = x2 * np.float32(-1.45660718464996e-05) + np.float32(-2.13374055278905e-04)
+    q = x2 * q + np.float32(-1.68282697438203e-03)
+    q = x2 * q + np.float32(-7.37332916720468e-03)
+    q = x2 * q + np.float32(-1.42647390514189e-02)
+    return x * p / q
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def softplus(x):  # torch's: beta 1, threshold 20
+    return x if x > 20.0 else np.log1p(np.exp(x))
+
+@njit(cache=True, fastmath=True, nogil=True)
+def g(x):
+    return x + np.float32(0.5) if x >= 0 else sigmoid(x)
+
+@njit(cache=True, fastmath=True, nogil=True)
+def backbone_step(P, L, kind, n_layers, x, S, write, y):
+    """One backbone step on tokens x (B, E) from state S; S[.., b] is updated only where write[b]."""
+    B, E = x.shape
+    k = 11
+    h = np.empty_like(x)
+    for layer in range(n_layers):
+        layer_norm(x, vec(P, L, k), vec(P, L, k + 1), h)
+        if kind <= 1:  # minGRU / minLSTM: h_t = a * h_{t-1} + b
+            W_in = mat(P, L, k + 2)
+            H = S.shape[2]
+            proj = np.empty((B, W_in.shape[0]), np.float32)
+            linear(W_in, vec(P, L, k + 3), h, proj)
+            hid = np.empty((B, H), np.float32)
+            for b in range(B):
+                for j in range(H):
+                    if kind == 0:
+                        u, kh = proj[b, j], proj[b, H + j]
+                    else:
+                        u, kh = softplus(-proj[b, j]) - softplus(-proj[b, H + j]), proj[b, 2 * H + j]
+                    keep, take = sigmoid_pair(u)
+                    new = keep * S[layer, b, j] + take * g(kh)
+                    hid[b, j] = new
+                    if write[b]:
+                        S[layer, b, j] = new
+            mix = np.empty((B, E), np.float32)
+            linear(mat(P, L, k + 4), vec(P, L, k + 5), hid, mix)
+        else:  # LRU: h = lambda * h + gamma B x (complex), y = Re(C h) + D x
+            lam = vec(P, L, k + 2)
+            N = lam.shape[0] // 2
+            u = np.empty((B, 2 * N), np.float32)
+            linear(mat(P, L, k + 3), np.zeros(2 * N, np.float32), h, u)
+            hid = np.empty((B, 2 * N), np.float32)
+            for b in range(B):
+                for j in range(N):
+                    re, im = S[2 * layer, b, j], S[2 * layer + 1, b, j]
+                    new_re = lam[j] * re - lam[N + j] * im + u[b, j]
+                    new_im = lam[j] * im + lam[N + j] * re + u[b, N + j]
+                    hid[b, j], hid[b, N + j] = new_re, new_im
+                    if write[b]:
+                        S[2 * layer, b, j], S[2 * layer + 1, b, j] = new_re, new_im
+            D = vec(P, L, k + 5)
+            mix = np.empty((B, E), np.float32)
+            linear(mat(P, L, k + 4), np.zeros(E, np.float32), hid, mix)
+            for b in range(B):
+                for j in range(E):
+                    mix[b, j] += D[j] * h[b, j]
+        x = x + mix
+        layer_norm(x, vec(P, L, k + 6), vec(P, L, k + 7), h)
+        W_fc = mat(P, L, k + 8)
+        inner = np.empty((B, W_fc.shape[0]), np.float32)
+        linear(W_fc, vec(P, L, k + 9), h, inner)
+        for b in range(B):
+            for j in range(inner.shape[1]):
+                v = inner[b, j]
+                inner[b, j] = np.float32(0.5) * v * (np.float32(1.0) + erf(v * np.float32(0.7071067811865476)))
+        out = np.empty((B, E), np.float32)
+        linear(mat(P, L, k + 10), vec(P, L, k + 11), inner, out)
+        x = x + out
+        k += 12
+    layer_norm(x, vec(P, L, k), vec(P, L, k + 1), y)
+    return k + 2
+
+@njit(cache=True, fastmath=True, nogil=True)
+def embed_finish(P, L, token):
+    out = np.empty_like(token)
+    layer_norm(token, vec(P, L, 9), vec(P, L, 10), out)
+    return out
+
+@njit(cache=True, fastmath=True, nogil=True)
+def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, action):
+    B = obs.shape[0]
+    time_table = mat(P, L, 2)
+    E = time_table.shape[1]
+    max_t = int(scalars[1])
+    mean, inv_std = vec(P, L, 0), vec(P, L, 1)
+    w_r, b_r = vec(P, L, 3), vec(P, L, 4)
+    norm_obs = np.empty_like(obs)
+    for b in range(B):
+        for j in range(obs.shape[1]):
+            norm_obs[b, j] = (obs[b, j] - mean[j]) * inv_std[j]
+    s_emb = np.empty((B, E), np.float32)
+    linear(mat(P, L, 5), vec(P, L, 6), norm_obs, s_emb)
+    a_emb = np.empty((B, E), np.float32)
+    linear(mat(P, L, 7), vec(P, L, 8), prev, a_emb)
+    r_emb = np.empty((B, E), np.float32)
+    for b in range(B):
+        r = np.float32(rtg[b] * scalars[0])
+        for j in range(E):
+            r_emb[b, j] = w_r[j] * r + b_r[j]
+    ts = np.minimum(np.maximum(t, 0), max_t)
+    y = np.empty((B, E), np.float32)
+    every = np.ones(B, np.bool_)
+    if interleaved:
+        tok = np.empty((B, E), np.float32)
+        later = t > 0
+        for b in range(B):
+            tp = min(max(t[b] - 1, 0), max_t)
+            for j in range(E):
+                tok[b, j] = a_emb[b, j] + time_table[tp, j]
+        backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, later, y)
+        for b in range(B):
+            for j in range(E):
+                tok[b, j] = r_emb[b, j] + time_table[ts[b], j]
+        backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, every, y)
+        for b in range(B):
+            for j in range(E):
+                tok[b, j] = s_emb[b, j] + time_table[ts[b], j]
+        k = backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, every, y)
+    else:
+        tok = np.empty((B, E), np.float32)
+        for b in range(B):
+            for j in range(E):
+                a = a_emb[b, j] if t[b] > 0 else vec(P, L, 8)[j]  # a_{-1} = 0: only the bias
+                tok[b, j] = s_emb[b, j] + r_emb[b, j] + a + time_table[ts[b], j]
+        k = backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, every, y)
+    linear(mat(P, L, k), vec(P, L, k + 1), y, action)
+    for b in range(B):
+        for j in range(action.shape[1]):
+            action[b, j] = np.tanh(action[b, j])
+

@@ -1,0 +1,68 @@
+"""The fused (numba) step equals `DecisionRNN.step`: every recurrent backbone, both tokenizations,
+batches whose episodes start at different times, long rollouts with trained-like (non-tiny) weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from decision_rnn import DecisionRNN, ModelConfig, Policy
+from decision_rnn.fused import FusedStep
+
+RECURRENT = ["mingru", "minlstm", "lru"]
+
+
+def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0):
+    torch.manual_seed(seed)
+    model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, tokens=tokens, embed_dim=embed_dim,
+                                    n_layers=n_layers, max_timestep=50)).eval()
+    with torch.no_grad():  # move every parameter off its init, LayerNorms and biases included
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.set_normalization(np.linspace(-1, 1, 11), np.linspace(0.5, 2, 11))
+    return model
+
+
+@pytest.mark.parametrize("tokens", ["compact", "interleaved"])
+@pytest.mark.parametrize("backbone", RECURRENT)
+def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens):
+    model = random_model(backbone, tokens)
+    fused = FusedStep(model)
+    B, T = 3, 300  # past max_timestep=50: the timestep clamp is exercised too
+    rng = np.random.default_rng(0)
+    state, fstate = model.initial_state(B), fused.initial_state(B)
+    prev = np.zeros((B, 3), np.float32)
+    rtg = np.array([3600.0, 100.0, -50.0], np.float32)
+    t = np.array([0, 7, 0], np.int64)  # batch elements at different points of their episodes
+    worst = 0.0
+    for _ in range(T):
+        obs = rng.standard_normal((B, 11)).astype(np.float32) * 3
+        action, fstate = fused(obs, prev, rtg, t, fstate)
+        with torch.no_grad():
+            expected, state = model.step(*map(torch.from_numpy, (obs, prev, rtg, t)), state)
+        worst = max(worst, np.abs(action - expected.numpy()).max())
+        for s, f in zip(state, fused.to_torch_state(fstate)):
+            torch.testing.assert_close(f, s, atol=2e-5, rtol=2e-5)
+        prev, t, rtg = action, t + 1, rtg - rng.uniform(0, 5, B).astype(np.float32)
+    assert worst < 1e-5, worst
+
+
+@pytest.mark.parametrize("backbone", RECURRENT)
+def test_policy_fused_runtime_acts_like_torch_on_a_logged_episode(embedded, backbone):
+    model = random_model(backbone, "compact")
+    model.set_normalization(embedded.obs_mean, embedded.obs_std)
+    policies = [Policy(model, runtime=r) for r in ("torch", "fused")]
+    obs = embedded.observations[:200]
+    rewards = embedded.rewards[:200]
+    actions = []
+    for policy in policies:
+        policy.reset(3000.0)
+        actions.append(np.stack([policy.act(o, None if i == 0 else rewards[i - 1]) for i, o in enumerate(obs)]))
+    np.testing.assert_allclose(actions[1], actions[0], atol=1e-5)
+
+
+def test_fused_runtime_rejects_the_transformer_and_a_gpu():
+    model = random_model("mingru", "compact")
+    with pytest.raises(ValueError, match="recurrent backbones.*onnxruntime"):
+        FusedStep(DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone="transformer")))
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Policy(model, runtime="fused", device="cuda")
