@@ -287,9 +287,10 @@ def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, actio
         k = backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, every, y)
     else:
         tok = np.empty((B, E), np.float32)
+        b_a = vec(P, L, 8)
         for b in range(B):
             for j in range(E):
-                a = a_emb[b, j] if t[b] > 0 else vec(P, L, 8)[j]  # a_{-1} = 0: only the bias
+                a = a_emb[b, j] if t[b] > 0 else b_a[j]  # a_{-1} = 0: only the bias
                 tok[b, j] = s_emb[b, j] + r_emb[b, j] + a + time_table[ts[b], j]
         k = backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, every, y)
     linear(mat(P, L, k), vec(P, L, k + 1), y, action)
