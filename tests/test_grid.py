@@ -1,0 +1,52 @@
+"""The results grid's bookkeeping: run claims between workers, locked CSV appends, the goal check."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture(scope="module")
+def grid():
+    sys.path.insert(0, str(EXPERIMENTS))  # results_grid imports its sibling protocol.py
+    spec = importlib.util.spec_from_file_location("results_grid", EXPERIMENTS / "results_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(EXPERIMENTS))
+
+
+def test_a_run_is_claimed_once_and_a_dead_holders_claim_is_taken_over(grid, tmp_path):
+    run = tmp_path / "hopper-medium" / "mingru-s0"
+    assert grid.claim(run)
+    assert not grid.claim(run)  # held by this (live) process
+    (tmp_path / "hopper-medium" / "mingru-s0.claim").write_text("999999999")  # no such pid
+    assert grid.claim(run)
+    assert int((tmp_path / "hopper-medium" / "mingru-s0.claim").read_text()) == os.getpid()
+
+
+def test_appends_keep_every_row_and_leave_no_temp_file(grid, tmp_path):
+    path = tmp_path / "grid.csv"
+    grid.append_rows(path, [{"dataset": "a", "agent": "mingru", "seed": 0, "score": 1.0}])
+    frame = grid.append_rows(path, [{"dataset": "a", "agent": "lru", "seed": 0, "score": 2.0, "extra": 3}])
+    assert list(frame.agent) == ["mingru", "lru"]
+    assert pd.read_csv(path).equals(frame)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.csv", "grid.csv.lock"]
+
+
+def test_goal_check_compares_the_best_recurrent_agent_with_d3rlpy(grid):
+    scores = {"mingru": [60, 20], "minlstm": [50, 40], "lru": [40, 30], "transformer": [55, 35], "d3rlpy-dt": [50, 30]}
+    rows = [{"dataset": d, "agent": a, "score": s[i], "train_wall_s": 1.0}
+            for a, s in scores.items() for i, d in enumerate(["x", "y"])]
+    stats = pd.DataFrame(rows).groupby(["dataset", "agent"]).agg(mean=("score", "mean"), std=("score", "std"),
+                                                                 n=("score", "count"), wall=("train_wall_s", "mean"))
+    lines = "\n".join(grid.goal_check(stats, list(scores)))
+    assert "every dataset: yes (per dataset: x +10.0, y +10.0)" in lines
+    assert "on average: yes (+10.0)" in lines
+    assert "mingru ≥ our transformer: on 1 of 2" in lines
+    assert "lru ≥ our transformer: on 0 of 2" in lines
