@@ -58,6 +58,17 @@ def test_resume_reproduces_uninterrupted_run(embedded, tmp_path):
     assert read_losses(tmp_path / "full") == read_losses(tmp_path / "split")
 
 
+def test_resume_before_the_first_checkpoint_starts_clean_logs(embedded, tmp_path):
+    """A start that died before its first checkpoint leaves log rows; resuming drops them."""
+    model_cfg, cfg = small_configs(embedded, 12, checkpoint_every=100)
+    train(embedded, model_cfg, cfg, tmp_path / "full", progress=False)
+    interrupted = tmp_path / "split"
+    interrupted.mkdir()
+    (interrupted / "log.csv").write_text((tmp_path / "full" / "log.csv").read_text())  # rows, no checkpoint
+    train(embedded, model_cfg, cfg, interrupted, resume=True, progress=False)
+    assert read_losses(interrupted) == read_losses(tmp_path / "full")  # 12 rows, not 24
+
+
 def test_refuses_to_overwrite_a_run_without_resume(embedded, tmp_path):
     model_cfg, train_cfg = small_configs(embedded, 10)
     train(embedded, model_cfg, train_cfg, tmp_path, progress=False)

@@ -112,10 +112,14 @@ class Trainer:
         }
 
     def resume(self) -> bool:
-        """Load the newest checkpoint in `run_dir` if there is one. Returns whether it resumed."""
+        """Load the newest checkpoint in `run_dir` if there is one. Returns whether it resumed.
+
+        Without one, log rows of an earlier start that died before its first checkpoint are dropped:
+        that training is lost, and its rows would otherwise count in the run's wall-clock."""
         try:
             ckpt = find_checkpoint(self.run_dir)
         except CheckpointError:
+            self._truncate_logs(0)
             return False
         loaded, _ = load_model(ckpt, self.device)
         self.model.load_state_dict(loaded.state_dict())
