@@ -69,6 +69,20 @@ def test_resume_before_the_first_checkpoint_starts_clean_logs(embedded, tmp_path
     assert read_losses(interrupted) == read_losses(tmp_path / "full")  # 12 rows, not 24
 
 
+def test_resume_with_another_config_is_refused_and_names_the_differences(embedded, tmp_path):
+    model_cfg, cfg = small_configs(embedded, 10)
+    train(embedded, model_cfg, cfg, tmp_path, progress=False)
+    _, other = small_configs(embedded, 20, lr=3e-4)
+    with pytest.raises(CheckpointError, match=r"train\.lr: checkpoint 0\.001, now 0\.0003"):
+        train(embedded, model_cfg, other, tmp_path, resume=True, progress=False)
+    wider, _ = small_configs(embedded, 20)
+    wider.embed_dim = 64
+    with pytest.raises(CheckpointError, match=r"model\.embed_dim: checkpoint 32, now 64"):
+        train(embedded, wider, cfg, tmp_path, resume=True, progress=False)
+    _, longer = small_configs(embedded, 20)  # more steps (and logging/checkpoint settings) may change
+    assert train(embedded, model_cfg, longer, tmp_path, resume=True, progress=False)["steps"] == 20
+
+
 def test_refuses_to_overwrite_a_run_without_resume(embedded, tmp_path):
     model_cfg, train_cfg = small_configs(embedded, 10)
     train(embedded, model_cfg, train_cfg, tmp_path, progress=False)

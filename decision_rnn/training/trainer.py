@@ -121,7 +121,8 @@ class Trainer:
         except CheckpointError:
             self._truncate_logs(0)
             return False
-        loaded, _ = load_model(ckpt, self.device)
+        loaded, meta = load_model(ckpt, self.device)
+        self._check_same_run(meta)
         self.model.load_state_dict(loaded.state_dict())
         state = load_trainer_state(ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -134,6 +135,25 @@ class Trainer:
         self._truncate_logs(self.step)
         log.info("resumed from %s at step %d", ckpt, self.step)
         return True
+
+    # What may change when a run is resumed: how long it runs and how it logs, checkpoints and evaluates.
+    RESUMABLE = {"steps", "log_every", "checkpoint_every", "eval_every", "eval_episodes", "target_return", "device",
+                 "compile"}
+
+    def _check_same_run(self, meta: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint written with another model or training config (or dataset)."""
+        saved = {**{f"model.{k}": v for k, v in meta.get("model_config", {}).items()},
+                 **{f"train.{k}": v for k, v in meta.get("train_config", {}).items() if k not in self.RESUMABLE},
+                 "datasets": meta.get("datasets")}
+        now = {**{f"model.{k}": v for k, v in asdict(self.model.config).items()},
+               **{f"train.{k}": v for k, v in asdict(self.config).items() if k not in self.RESUMABLE},
+               "datasets": self.meta.get("datasets")}
+        differ = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                  if saved.get(k) != now.get(k)]
+        if differ:
+            raise CheckpointError(f"{self.run_dir} was trained with another configuration; resuming would mix two "
+                                  "runs. Differences:\n  " + "\n  ".join(differ) +
+                                  "\nUse a new --out, or resume with the original settings.")
 
     def save(self) -> Path:
         return save_checkpoint(
