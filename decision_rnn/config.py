@@ -40,6 +40,10 @@ class ModelConfig:
     `window` context). DT: K=20."""
     max_timestep: int = 1000
     """Size of the timestep embedding table; later timesteps are clamped. DT: max_ep_len=1000."""
+    timestep_init_std: float | None = None
+    """Std of the timestep embedding's initial weights. None: nn.Embedding's N(0, 1), as DT's code
+    (its timestep embedding starts ~10x larger than the other embeddings in each token). 0.02: GPT-2's
+    init, which d3rlpy's DecisionTransformer applies to its timestep embedding."""
     return_scale: float = 1000.0
     """Returns-to-go are divided by this before embedding. DT: scale=1000 for MuJoCo."""
     backbone_options: dict[str, Any] = field(default_factory=dict)

@@ -58,12 +58,15 @@ def train_and_evaluate(
     seed: int = 0,
     episodes: int = 10,
     device: str = "cpu",
+    model_options: dict | None = None,
+    train_options: dict | None = None,
 ) -> dict:
     """Train one agent (resuming if `out` has checkpoints) and evaluate its LAST checkpoint."""
     dataset = load_dataset(datasets if len(datasets) > 1 else datasets[0])
-    model_cfg = ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone=backbone, tokens=tokens)
+    model_cfg = ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone=backbone, tokens=tokens,
+                            **(model_options or {}))
     train_cfg = replace(protocol_config(protocol, steps), context=context or default_context(backbone), seed=seed,
-                        device=device)
+                        device=device, **(train_options or {}))
     summary = train(dataset, model_cfg, train_cfg, out, resume=True, progress=False)
     result = evaluate_run(out, episodes=episodes, seeds=[seed], device=device)["results"][0]
     return {

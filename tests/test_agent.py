@@ -74,3 +74,14 @@ def test_bad_shapes_raise_clear_errors():
         model(states, actions, rtg[:, :2], timesteps)
     with pytest.raises(ValueError, match="tokens must be one of"):
         DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, tokens="pairs"))
+
+
+def test_timestep_init_std_scales_only_the_timestep_embedding():
+    torch.manual_seed(0)
+    default = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3))
+    torch.manual_seed(0)
+    small = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, timestep_init_std=0.02))
+    torch.testing.assert_close(small.embed_timestep.weight, 0.02 * default.embed_timestep.weight)
+    for (name, a), (_, b) in zip(default.state_dict().items(), small.state_dict().items()):
+        if name != "embed_timestep.weight":
+            assert torch.equal(a, b), name

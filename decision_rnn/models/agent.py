@@ -35,7 +35,9 @@ class DecisionRNN(nn.Module):
         self.config = config
         E = config.embed_dim
         self.tokens_per_step = 3 if config.tokens == "interleaved" else 1
-        self.embed_timestep = nn.Embedding(config.max_timestep, E)
+        std = config.timestep_init_std
+        init = None if std is None else torch.empty(config.max_timestep, E).normal_(0.0, std)
+        self.embed_timestep = nn.Embedding(config.max_timestep, E, _weight=init)  # _weight: no default init
         self.embed_return = nn.Linear(1, E)
         self.embed_state = nn.Linear(config.obs_dim, E)
         self.embed_action = nn.Linear(config.act_dim, E)
