@@ -25,7 +25,7 @@ def plot(curves: pd.DataFrame, kind: str, xlabel: str, title: str, path: Path) -
     names = [d for d in DATASETS if d in set(frame.dataset)]
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.2 * cols, 6.5), 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         data = frame[frame.dataset == name]
         for agent in [a for a in AGENTS if a in set(data.agent)]:
@@ -39,7 +39,7 @@ def plot(curves: pd.DataFrame, kind: str, xlabel: str, title: str, path: Path) -
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
