@@ -62,6 +62,9 @@ class TrainConfig:
     """`window`: DT's K-step windows from random starts. `episode`: whole episodes from their start,
     so the recurrent state seen in training is the one it has at rollout (ours). None: by backbone,
     `default_context` (episode for recurrent backbones, window for the transformer)."""
+    window_align: Literal["start", "end"] = "start"
+    """`window` context: `start` draws each window's first step (DT's gym code), `end` its last step
+    (d3rlpy's trajectory slicer); see `decision_rnn.data.WindowSampler`."""
     episode_batch_size: int = 16
     """Episodes per update in `episode` context (each is up to 1000 steps: ~16x a window batch's steps)."""
     episode_max_len: int | None = None

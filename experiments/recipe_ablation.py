@@ -8,8 +8,10 @@ The baseline is the grid's run of the same (dataset, agent, seed), read from res
   our default) leaves nn.Embedding's N(0, 1).
 - `grad-clip-0.083`: d3rlpy sums the squared error over the action dimensions (x act_dim = 3 on Hopper)
   before the same 0.25 gradient clip; under Adam that equals our mean loss clipped at 0.25 / 3.
+- `window-align-end` (window context only): d3rlpy's windows END at a uniformly drawn step; DT's code
+  (and our default) STARTS them there.
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
-Writes results/recipe_ablation_cpu.{csv,md}.
+Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
 
 import argparse
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "timestep-init-0.02": ({"timestep_init_std": 0.02}, {}),
     "grad-clip-0.083": ({}, {"grad_clip": 0.25 / 3}),
+    "window-align-end": ({}, {"window_align": "end"}),
 }
 
 
@@ -50,6 +53,11 @@ def main():
         rows += [{"variant": name, **c} for c in our_curves(out, args.seed, args.episodes, "cpu", final)]
     frame = pd.DataFrame(rows).assign(**key)
     path = ROOT / "results" / "recipe_ablation_cpu"
+    if path.with_suffix(".csv").exists():  # keep the variants run before (same dataset, agent, seed)
+        old = pd.read_csv(path.with_suffix(".csv"))
+        same = (old.dataset == args.dataset) & (old.agent == args.agent) & (old.seed == args.seed)
+        if same.all():
+            frame = pd.concat([old[~old.variant.isin(set(frame.variant))], frame], ignore_index=True)
     frame.to_csv(path.with_suffix(".csv"), index=False)
     curve = frame[frame.kind == "curve"].pivot(index="variant", columns="x", values="score")
     curve.columns = [f"score @ {int(c)} updates" for c in curve.columns]

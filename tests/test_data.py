@@ -386,6 +386,27 @@ def test_window_sampler_right_pads_within_the_episode():
             _check_rows(batch, data, b, start, min(10, end - start))
 
 
+def test_end_aligned_windows_end_at_the_drawn_step_and_are_cut_at_the_episode_start():
+    data = make_dataset([3, 7, 25, 1, 40])
+    sampler = WindowSampler(data, context_len=10, batch_size=32, seed=1, align="end")
+    ends = []
+    for _ in range(50):
+        batch = sampler.sample()
+        _check_batch_shapes(batch, 32, 10, data)
+        for b in range(32):
+            start = int(batch.states[b, 0, 0])
+            n_real = int(batch.mask[b].sum())
+            episode_start = data.offsets[np.searchsorted(data.offsets, start, side="right") - 1]
+            assert start == episode_start or n_real == 10  # cut only at the episode's first step
+            _check_rows(batch, data, b, start, n_real)
+            ends.append(start + n_real - 1)
+    # the window's last step is uniform over all steps: every step is an end, about equally often
+    counts = np.bincount(ends, minlength=data.num_steps)
+    assert counts.min() > 0 and counts.max() < 3 * counts.mean()
+    with pytest.raises(ValueError, match="align"):
+        WindowSampler(data, align="middle")
+
+
 def test_episode_sampler_returns_whole_episodes_from_the_start():
     data = make_dataset([3, 7, 25, 1, 40])
     for max_len, batch_size in ((None, 8), (12, 8), (100, 1)):

@@ -52,11 +52,15 @@ def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
 
 
 class WindowSampler:
-    """Decision-Transformer-style windows: ``context_len`` steps from a uniform start in an episode.
+    """Decision-Transformer-style windows of up to ``context_len`` steps inside one episode.
 
-    Episode drawn with probability proportional to its length, start uniform in ``[0, length)``
-    (DT's ``si = random.randint(0, traj_len - 1)``); a window running past the episode end is
-    padded on the right (DT pads on the left, which would feed padding into a recurrent state).
+    ``align="start"`` (DT's gym code): the window starts at a step drawn uniformly from all steps
+    (``si = random.randint(0, traj_len - 1)`` on a length-proportional episode) and is cut at the
+    episode end. ``align="end"`` (d3rlpy's trajectory slicer): the window ENDS at the uniformly drawn
+    step and is cut at the episode start, so every step is the last, fully informed position of a
+    window equally often, and the first steps of an episode are seen with their short history.
+    Either way the real steps come first and the rest is padded on the right (DT and d3rlpy pad on the
+    left, which would feed padding into a recurrent state; for a causal model the two are the same).
     """
 
     def __init__(
@@ -67,9 +71,13 @@ class WindowSampler:
         *,
         seed: int | np.random.Generator | None = 0,
         device: str | torch.device = "cpu",
+        align: str = "start",
     ):
         if context_len < 1 or batch_size < 1:
             raise ValueError(f"context_len and batch_size must be >= 1, got {context_len}, {batch_size}")
+        if align not in ("start", "end"):
+            raise ValueError(f"align must be 'start' or 'end', got {align!r}")
+        self.align = align
         self.dataset = dataset
         self.context_len = context_len
         self.batch_size = batch_size
@@ -79,10 +87,14 @@ class WindowSampler:
     def sample(self) -> Batch:
         """One batch, ``(batch_size, context_len)``."""
         data = self.dataset
-        starts = self.rng.integers(0, data.num_steps, size=self.batch_size)  # (B,) uniform over all steps
-        episode = np.searchsorted(data.offsets, starts, side="right") - 1  # (B,)
+        drawn = self.rng.integers(0, data.num_steps, size=self.batch_size)  # (B,) uniform over all steps
+        episode = np.searchsorted(data.offsets, drawn, side="right") - 1  # (B,)
+        if self.align == "start":
+            starts, stops = drawn, data.offsets[episode + 1]  # stop: one past the last row allowed
+        else:
+            starts, stops = np.maximum(drawn - self.context_len + 1, data.offsets[episode]), drawn + 1
         rows = starts[:, None] + np.arange(self.context_len)  # (B, K)
-        valid = rows < data.offsets[episode + 1][:, None]  # (B, K)
+        valid = rows < stops[:, None]  # (B, K)
         return _gather(data, rows, valid, self.device)
 
 

@@ -51,9 +51,8 @@ def seed_everything(seed: int) -> None:
 def make_sampler(dataset, model: DecisionRNN, config: TrainConfig, device: torch.device):
     """`window`: DT's K-step windows; `episode`: whole episodes from their first step."""
     if (config.context or default_context(model.config.backbone)) == "window":
-        return WindowSampler(
-            dataset, model.config.context_len, config.batch_size, seed=config.seed, device=device
-        )
+        return WindowSampler(dataset, model.config.context_len, config.batch_size, seed=config.seed, device=device,
+                             align=config.window_align)
     return EpisodeSampler(
         dataset, config.episode_batch_size, max_len=config.episode_max_len, seed=config.seed, device=device
     )
@@ -148,8 +147,8 @@ class Trainer:
         now = {**{f"model.{k}": v for k, v in asdict(self.model.config).items()},
                **{f"train.{k}": v for k, v in asdict(self.config).items() if k not in self.RESUMABLE},
                "datasets": self.meta.get("datasets")}
-        differ = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-                  if saved.get(k) != now.get(k)]
+        # a field the checkpoint lacks was added later, with a default that keeps the old behaviour
+        differ = [f"{k}: checkpoint {saved[k]!r}, now {now.get(k)!r}" for k in sorted(saved) if saved[k] != now.get(k)]
         if differ:
             raise CheckpointError(f"{self.run_dir} was trained with another configuration; resuming would mix two "
                                   "runs. Differences:\n  " + "\n  ".join(differ) +
