@@ -10,6 +10,7 @@ The baseline is the grid's run of the same (dataset, agent, seed), read from res
   before the same 0.25 gradient clip; under Adam that equals our mean loss clipped at 0.25 / 3.
 - `window-align-end` (window context only): d3rlpy's windows END at a uniformly drawn step; DT's code
   (and our default) STARTS them there.
+- `tokens-interleaved`: DT's and d3rlpy's (return, state, action) tokens instead of our compact ones.
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
@@ -27,6 +28,7 @@ VARIANTS = {
     "timestep-init-0.02": ({"timestep_init_std": 0.02}, {}),
     "grad-clip-0.083": ({}, {"grad_clip": 0.25 / 3}),
     "window-align-end": ({}, {"window_align": "end"}),
+    "tokens-interleaved": ({"tokens": "interleaved"}, {}),
 }
 
 
@@ -46,9 +48,10 @@ def main():
         raise SystemExit(f"no grid run for {key}: run experiments/results_grid.py for it first")
     rows = [{"variant": "baseline (grid run)", **r} for r in base[["kind", "x", "score"]].to_dict("records")]
     for name in args.variants:
-        model_options, train_options = VARIANTS[name]
+        model_options, train_options = dict(VARIANTS[name][0]), VARIANTS[name][1]
+        tokens = model_options.pop("tokens", "compact")
         out = ROOT / "runs" / "recipe_ablation" / args.dataset / f"{args.agent}-s{args.seed}-{name}"
-        final = train_and_evaluate(DATASETS[args.dataset], args.agent, out, tokens="compact", seed=args.seed,
+        final = train_and_evaluate(DATASETS[args.dataset], args.agent, out, tokens=tokens, seed=args.seed,
                                    episodes=args.episodes, model_options=model_options, train_options=train_options)
         rows += [{"variant": name, **c} for c in our_curves(out, args.seed, args.episodes, "cpu", final)]
     frame = pd.DataFrame(rows).assign(**key)
