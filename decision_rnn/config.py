@@ -44,6 +44,10 @@ class ModelConfig:
     """Std of the timestep embedding's initial weights. None: nn.Embedding's N(0, 1), as DT's code
     (its timestep embedding starts ~10x larger than the other embeddings in each token). 0.02: GPT-2's
     init, which d3rlpy's DecisionTransformer applies to its timestep embedding."""
+    block_init_std: float | None = None
+    """Std of a normal init of every nn.Linear weight inside the backbone (biases zero). None: PyTorch's
+    default (kaiming-uniform). 0.02: GPT-2's init, which DT's HuggingFace GPT-2 and d3rlpy's DT give their
+    transformer blocks."""
     return_scale: float = 1000.0
     """Returns-to-go are divided by this before embedding. DT: scale=1000 for MuJoCo."""
     backbone_options: dict[str, Any] = field(default_factory=dict)

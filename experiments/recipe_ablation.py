@@ -11,6 +11,8 @@ The baseline is the grid's run of the same (dataset, agent, seed), read from res
 - `window-align-end` (window context only): d3rlpy's windows END at a uniformly drawn step; DT's code
   (and our default) STARTS them there.
 - `tokens-interleaved`: DT's and d3rlpy's (return, state, action) tokens instead of our compact ones.
+- `gpt2-init`: d3rlpy's init, N(0, 0.02) for every Linear in the blocks (zero biases) and for the
+  timestep embedding; ours is PyTorch's default.
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
@@ -29,6 +31,7 @@ VARIANTS = {
     "grad-clip-0.083": ({}, {"grad_clip": 0.25 / 3}),
     "window-align-end": ({}, {"window_align": "end"}),
     "tokens-interleaved": ({"tokens": "interleaved"}, {}),
+    "gpt2-init": ({"block_init_std": 0.02, "timestep_init_std": 0.02}, {}),
 }
 
 

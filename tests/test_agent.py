@@ -85,3 +85,11 @@ def test_timestep_init_std_scales_only_the_timestep_embedding():
     for (name, a), (_, b) in zip(default.state_dict().items(), small.state_dict().items()):
         if name != "embed_timestep.weight":
             assert torch.equal(a, b), name
+
+
+def test_block_init_std_reinitialises_every_backbone_linear():
+    model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone="mingru", block_init_std=0.02))
+    linears = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears
+    for m in linears:
+        assert abs(m.weight.std().item() - 0.02) < 0.003 and not m.bias.any()

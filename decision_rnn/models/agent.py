@@ -48,6 +48,12 @@ class DecisionRNN(nn.Module):
             # DT's rollout window: the last K steps, i.e. 3K - 1 tokens ending at s_t (interleaved).
             options.setdefault("context", self.tokens_per_step * config.context_len - (self.tokens_per_step > 1))
         self.backbone = build(config.backbone, E, config.n_layers, **options)
+        if config.block_init_std is not None:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, 0.0, config.block_init_std)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
         self.action_head = nn.Sequential(nn.Linear(E, config.act_dim), nn.Tanh())
         self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
         self.register_buffer("obs_std", torch.ones(config.obs_dim))
