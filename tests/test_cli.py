@@ -25,6 +25,9 @@ def test_train_resume_evaluate_export(tmp_path, capsys):
     assert summary["checkpoint_step"] == 6 and summary["checkpoint_kind"] == "last"
     assert summary["results"][0]["episodes"] == 2
     assert (run / "eval" / "summary.json").exists() and (run / "eval" / "episodes.csv").exists()
+    for runtime in ("onnxruntime", "fused"):
+        assert main(["evaluate", str(run), "--episodes", "2", "--runtime", runtime, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["runtime"] == runtime
 
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
     assert (tmp_path / "policy.onnx").exists() and (tmp_path / "policy.pt").exists()
