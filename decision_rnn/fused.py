@@ -2,9 +2,9 @@
 
 At batch 1 the step is ~12 small matrix-vector products and ~100 elementwise operations. Eager
 PyTorch and onnxruntime pay a dispatch per operation (a few hundred ns to µs each), which at this size
-costs more than the arithmetic (results/bench_latency_cpu.md). Here the step is a single compiled
-function over one flat float32 weight buffer, so the cost is the matrix-vector products themselves —
-bounded by reading the weights (2.8 MB at DT's size) from the cache.
+adds tens of µs to the arithmetic (results/bench_latency_cpu.md). Here the step is a single compiled
+function over one flat float32 weight buffer, so the cost is mostly the matrix-vector products —
+bounded by streaming the weights (2.8 MB at DT's size) from the cache.
 
 Same math as `DecisionRNN.step` in float32 (`fastmath` only reorders sums: equal within ~1e-5, tested);
 minGRU, minLSTM and LRU, both tokenizations, any batch size. The transformer is not supported: its
@@ -41,7 +41,7 @@ class FusedStep:
         c = model.config
         self.kind = KINDS[kind]
         self.interleaved = c.tokens == "interleaved"
-        self.act_dim, self.dim = c.act_dim, c.embed_dim
+        self.act_dim = c.act_dim
         self.n_layers = len(model.backbone.blocks)
         shapes = model.backbone.state_shapes(1)
         self.n_state, self.width = len(shapes), shapes[0][1]
@@ -55,7 +55,7 @@ class FusedStep:
         """(B, obs), (B, act), (B,), (B,) int, (n, B, H) -> ((B, act), (n, B, H)); the state is updated in place."""
         action = np.empty((obs.shape[0], self.act_dim), np.float32)
         step(self.params, self.table, self.kind, self.n_layers, self.interleaved, self.scalars,
-                     obs, prev_action, returns_to_go, np.ascontiguousarray(timestep, np.int64), state, action)
+             obs, prev_action, returns_to_go, np.ascontiguousarray(timestep, np.int64), state, action)
         return action, state
 
     def to_torch_state(self, state: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -65,33 +65,33 @@ class FusedStep:
 # ---- weights: one flat buffer + a table of (offset, rows, cols), in the order the kernel reads them ----
 
 def _pack(model: DecisionRNN) -> tuple[np.ndarray, np.ndarray]:
-    def f32(t):
+    def f64(t):  # derived weights (1 / std, LRU's gamma * B) are computed in float64
         return t.detach().cpu().double()
 
     m = model
-    tensors = [f32(m.obs_mean)[None], (1.0 / f32(m.obs_std))[None], f32(m.embed_timestep.weight),
-               f32(m.embed_return.weight).T, f32(m.embed_return.bias)[None],
-               f32(m.embed_state.weight), f32(m.embed_state.bias)[None],
-               f32(m.embed_action.weight), f32(m.embed_action.bias)[None],
-               f32(m.embed_ln.weight)[None], f32(m.embed_ln.bias)[None]]
+    tensors = [f64(m.obs_mean)[None], (1.0 / f64(m.obs_std))[None], f64(m.embed_timestep.weight),
+               f64(m.embed_return.weight).T, f64(m.embed_return.bias)[None],
+               f64(m.embed_state.weight), f64(m.embed_state.bias)[None],
+               f64(m.embed_action.weight), f64(m.embed_action.bias)[None],
+               f64(m.embed_ln.weight)[None], f64(m.embed_ln.bias)[None]]
     for block in m.backbone.blocks:
         mixer = block.mixer
-        tensors += [f32(block.ln_1.weight)[None], f32(block.ln_1.bias)[None]]
+        tensors += [f64(block.ln_1.weight)[None], f64(block.ln_1.bias)[None]]
         if hasattr(mixer, "in_proj"):  # minGRU / minLSTM
-            tensors += [f32(mixer.in_proj.weight), f32(mixer.in_proj.bias)[None],
-                        f32(mixer.out_proj.weight), f32(mixer.out_proj.bias)[None]]
-        else:  # LRU: lambda, gamma * B and [C_re, -C_im] precomputed in float64
-            lam_re, lam_im = (f32(t) for t in mixer._lambda())
-            gamma = torch.exp(f32(mixer.gamma_log))[:, None]
+            tensors += [f64(mixer.in_proj.weight), f64(mixer.in_proj.bias)[None],
+                        f64(mixer.out_proj.weight), f64(mixer.out_proj.bias)[None]]
+        else:  # LRU: lambda (as its step computes it), gamma * B and [C_re, -C_im], precomputed
+            lam_re, lam_im = (f64(t) for t in mixer._lambda())
+            gamma = torch.exp(f64(mixer.gamma_log))[:, None]
             tensors += [torch.cat([lam_re, lam_im])[None],
-                        torch.cat([gamma * f32(mixer.B_re), gamma * f32(mixer.B_im)]),
-                        torch.cat([f32(mixer.C_re), -f32(mixer.C_im)], dim=1), f32(mixer.D)[None]]
-        tensors += [f32(block.ln_2.weight)[None], f32(block.ln_2.bias)[None],
-                    f32(block.mlp.fc.weight), f32(block.mlp.fc.bias)[None],
-                    f32(block.mlp.proj.weight), f32(block.mlp.proj.bias)[None]]
+                        torch.cat([gamma * f64(mixer.B_re), gamma * f64(mixer.B_im)]),
+                        torch.cat([f64(mixer.C_re), -f64(mixer.C_im)], dim=1), f64(mixer.D)[None]]
+        tensors += [f64(block.ln_2.weight)[None], f64(block.ln_2.bias)[None],
+                    f64(block.mlp.fc.weight), f64(block.mlp.fc.bias)[None],
+                    f64(block.mlp.proj.weight), f64(block.mlp.proj.bias)[None]]
     head = m.action_head[0]
-    tensors += [f32(m.backbone.ln_f.weight)[None], f32(m.backbone.ln_f.bias)[None],
-                f32(head.weight), f32(head.bias)[None]]
+    tensors += [f64(m.backbone.ln_f.weight)[None], f64(m.backbone.ln_f.bias)[None],
+                f64(head.weight), f64(head.bias)[None]]
     table, offset = [], 0
     for t in tensors:
         table.append((offset, t.shape[0], t.shape[1]))
@@ -105,10 +105,12 @@ def mat(P, L, k):
     o, r, c = L[k, 0], L[k, 1], L[k, 2]
     return P[o:o + r * c].reshape((r, c))
 
+
 @njit(cache=True, fastmath=True, nogil=True)
 def vec(P, L, k):
     o, c = L[k, 0], L[k, 2]
     return P[o:o + c]
+
 
 @njit(cache=True, fastmath=True, nogil=True)
 def linear(W, bias, x, out):
@@ -119,6 +121,7 @@ def linear(W, bias, x, out):
             for j in range(W.shape[1]):
                 acc += W[i, j] * x[b, j]
             out[b, i] = acc + bias[i]
+
 
 @njit(cache=True, fastmath=True, nogil=True)
 def layer_norm(x, w, bias, out):
@@ -134,6 +137,7 @@ def layer_norm(x, w, bias, out):
         inv = np.float32(1.0) / np.sqrt(var / n + np.float32(1e-5))
         for j in range(n):
             out[b, j] = (x[b, j] - mean) * inv * w[j] + bias[j]
+
 
 @njit(cache=True, fastmath=True, nogil=True)
 def sigmoid(x):
@@ -172,9 +176,11 @@ def erf(x):
 def softplus(x):  # torch's: beta 1, threshold 20
     return x if x > 20.0 else np.log1p(np.exp(x))
 
+
 @njit(cache=True, fastmath=True, nogil=True)
 def g(x):
     return x + np.float32(0.5) if x >= 0 else sigmoid(x)
+
 
 @njit(cache=True, fastmath=True, nogil=True)
 def backbone_step(P, L, kind, n_layers, x, S, write, y):
@@ -239,11 +245,13 @@ def backbone_step(P, L, kind, n_layers, x, S, write, y):
     layer_norm(x, vec(P, L, k), vec(P, L, k + 1), y)
     return k + 2
 
+
 @njit(cache=True, fastmath=True, nogil=True)
 def embed_finish(P, L, token):
     out = np.empty_like(token)
     layer_norm(token, vec(P, L, 9), vec(P, L, 10), out)
     return out
+
 
 @njit(cache=True, fastmath=True, nogil=True)
 def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, action):
