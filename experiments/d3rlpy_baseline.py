@@ -38,7 +38,9 @@ def load(ids):
             act.append(ep.actions)
             rew.append(ep.rewards)
             term.append(ep.terminations)
-            tout.append(ep.truncations | (np.arange(len(ep.rewards)) == len(ep.rewards) - 1) & ~ep.terminations)
+            # d3rlpy wants terminal XOR timeout: a fall on the time limit's last step is a terminal
+            last = np.arange(len(ep.rewards)) == len(ep.rewards) - 1
+            tout.append((ep.truncations | last) & ~ep.terminations)
     dataset = d3rlpy.dataset.MDPDataset(
         np.concatenate(obs), np.concatenate(act), np.concatenate(rew).astype(np.float32),
         np.concatenate(term).astype(np.float32), np.concatenate(tout).astype(np.float32),

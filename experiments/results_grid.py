@@ -168,7 +168,12 @@ def main():
                     continue
                 ids = DATASETS[name]
                 if agent == "d3rlpy-dt":
-                    row, curves = d3rlpy_run(ids, args.protocol, seed, args.episodes, args.device, args.threads)
+                    try:
+                        row, curves = d3rlpy_run(ids, args.protocol, seed, args.episodes, args.device, args.threads)
+                    except RuntimeError as e:  # report, free the run for a later try, go on with the grid
+                        print(f"{name} {agent} seed {seed} failed: {e}", flush=True)
+                        out.with_name(out.name + ".claim").unlink(missing_ok=True)
+                        continue
                 else:
                     row = train_and_evaluate(ids, agent, out, protocol=args.protocol, tokens=args.tokens,
                                              seed=seed, episodes=args.episodes, device=args.device)
