@@ -19,8 +19,7 @@ log = logging.getLogger("decision_rnn")
 
 # Config fields exposed as `train` flags (--embed-dim ...), with their argparse types.
 MODEL_FLAGS = {"backbone": str, "tokens": str, "embed_dim": int, "n_layers": int, "dropout": float,
-               "context_len": int, "timestep_init_std": float,
-               "block_init_std": float}
+               "context_len": int, "activation": str, "timestep_init_std": float, "block_init_std": float}
 TRAIN_FLAGS = {"steps": int, "batch_size": int, "context": str, "window_align": str, "episode_batch_size": int,
                "episode_max_len": int, "lr": float, "weight_decay": float, "warmup_steps": int, "seed": int,
                "device": str, "compile": bool, "log_every": int, "checkpoint_every": int, "eval_every": int,

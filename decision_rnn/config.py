@@ -2,7 +2,7 @@
 
 Source of the DT defaults: Chen et al. 2021, "Decision Transformer", Table 8 (gym experiments) and
 `kzl/decision-transformer/gym/experiment.py` (argparse defaults: K=20, embed_dim=128, n_layer=3,
-n_head=1, activation relu->gelu in GPT-2, dropout=0.1, learning_rate=1e-4, weight_decay=1e-4,
+n_head=1, activation_function=relu, dropout=0.1, learning_rate=1e-4, weight_decay=1e-4,
 warmup_steps=10000, batch_size=64, scale=1000, max_ep_len=1000, grad clip 0.25 in trainer.py).
 Configs are plain data: no side effects, serialisable with `dataclasses.asdict`.
 """
@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 TOKENIZATIONS = ("interleaved", "compact")
+ACTIVATIONS = ("gelu", "relu")
 CONTEXTS = ("window", "episode")
 
 
@@ -48,6 +49,10 @@ class ModelConfig:
     """Std of a normal init of every nn.Linear weight inside the backbone (biases zero). None: PyTorch's
     default (kaiming-uniform). 0.02: GPT-2's init, which DT's HuggingFace GPT-2 and d3rlpy's DT give their
     transformer blocks."""
+    activation: Literal["gelu", "relu"] = "gelu"
+    """Nonlinearity of the blocks' MLPs. DT's gym code passes `activation_function="relu"` to its GPT-2
+    (d3rlpy's DT too); our default is GPT-2's own GELU, which every result in results/ was trained with
+    (the recipe ablation compares the two). "relu" gives DT's choice."""
     return_scale: float = 1000.0
     """Returns-to-go are divided by this before embedding. DT: scale=1000 for MuJoCo."""
     backbone_options: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +124,8 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
     """Check choices that would otherwise fail deep inside training."""
     if model.tokens not in TOKENIZATIONS:
         raise ValueError(f"tokens must be one of {TOKENIZATIONS}, got {model.tokens!r}")
+    if model.activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {model.activation!r}")
     if model.obs_dim < 1 or model.act_dim < 1:
         raise ValueError(f"obs_dim and act_dim must be positive, got {model.obs_dim}, {model.act_dim}")
     if train is not None and train.context not in (*CONTEXTS, None):

@@ -46,7 +46,7 @@ class FusedStep:
         shapes = model.backbone.state_shapes(1)
         self.n_state, self.width = len(shapes), shapes[0][1]
         self.params, self.table = _pack(model)
-        self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1], np.float64)
+        self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1, c.activation == "relu"], np.float64)
 
     def initial_state(self, batch_size: int) -> np.ndarray:
         return np.zeros((self.n_state, batch_size, self.width), np.float32)
@@ -183,7 +183,7 @@ def g(x):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def backbone_step(P, L, kind, n_layers, x, S, write, y):
+def backbone_step(P, L, kind, n_layers, relu, x, S, write, y):
     """One backbone step on tokens x (B, E) from state S; S[.., b] is updated only where write[b]."""
     B, E = x.shape
     k = 11
@@ -237,7 +237,10 @@ def backbone_step(P, L, kind, n_layers, x, S, write, y):
         for b in range(B):
             for j in range(inner.shape[1]):
                 v = inner[b, j]
-                inner[b, j] = np.float32(0.5) * v * (np.float32(1.0) + erf(v * np.float32(0.7071067811865476)))
+                if relu:
+                    inner[b, j] = max(v, np.float32(0.0))
+                else:
+                    inner[b, j] = np.float32(0.5) * v * (np.float32(1.0) + erf(v * np.float32(0.7071067811865476)))
         out = np.empty((B, E), np.float32)
         linear(mat(P, L, k + 10), vec(P, L, k + 11), inner, out)
         x = x + out
@@ -259,6 +262,7 @@ def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, actio
     time_table = mat(P, L, 2)
     E = time_table.shape[1]
     max_t = int(scalars[1])
+    relu = scalars[2] != 0
     mean, inv_std = vec(P, L, 0), vec(P, L, 1)
     w_r, b_r = vec(P, L, 3), vec(P, L, 4)
     norm_obs = np.empty_like(obs)
@@ -284,15 +288,15 @@ def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, actio
             tp = min(max(t[b] - 1, 0), max_t)
             for j in range(E):
                 tok[b, j] = a_emb[b, j] + time_table[tp, j]
-        backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, later, y)
+        backbone_step(P, L, kind, n_layers, relu, embed_finish(P, L, tok), S, later, y)
         for b in range(B):
             for j in range(E):
                 tok[b, j] = r_emb[b, j] + time_table[ts[b], j]
-        backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, every, y)
+        backbone_step(P, L, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
         for b in range(B):
             for j in range(E):
                 tok[b, j] = s_emb[b, j] + time_table[ts[b], j]
-        k = backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, every, y)
+        k = backbone_step(P, L, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
     else:
         tok = np.empty((B, E), np.float32)
         b_a = vec(P, L, 8)
@@ -300,7 +304,7 @@ def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, actio
             for j in range(E):
                 a = a_emb[b, j] if t[b] > 0 else b_a[j]  # a_{-1} = 0: only the bias
                 tok[b, j] = s_emb[b, j] + r_emb[b, j] + a + time_table[ts[b], j]
-        k = backbone_step(P, L, kind, n_layers, embed_finish(P, L, tok), S, every, y)
+        k = backbone_step(P, L, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
     linear(mat(P, L, k), vec(P, L, k + 1), y, action)
     for b in range(B):
         for j in range(action.shape[1]):

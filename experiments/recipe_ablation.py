@@ -13,6 +13,10 @@ The baseline is the grid's run of the same (dataset, agent, seed), read from res
 - `tokens-interleaved`: DT's and d3rlpy's (return, state, action) tokens instead of our compact ones.
 - `gpt2-init`: d3rlpy's init, N(0, 0.02) for every Linear in the blocks (zero biases) and for the
   timestep embedding; ours is PyTorch's default.
+- `relu`: ReLU in the blocks' MLPs, DT's gym default and d3rlpy's; ours is GPT-2's GELU.
+- `d3rlpy-recipe`: all of the above at once. What remains different is minor: d3rlpy's LayerNorm eps
+  (3e-3 vs 1e-5), its loss averaging over padded steps too, and its AdamW leaving biases, LayerNorms and
+  embeddings out of the weight decay (1e-4 x lr 1e-3 = 1e-7 shrinkage per update here, negligible).
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
@@ -32,6 +36,9 @@ VARIANTS = {
     "window-align-end": ({}, {"window_align": "end"}),
     "tokens-interleaved": ({"tokens": "interleaved"}, {}),
     "gpt2-init": ({"block_init_std": 0.02, "timestep_init_std": 0.02}, {}),
+    "relu": ({"activation": "relu"}, {}),
+    "d3rlpy-recipe": ({"tokens": "interleaved", "activation": "relu", "block_init_std": 0.02, "timestep_init_std": 0.02},
+                      {"grad_clip": 0.25 / 3, "window_align": "end"}),
 }
 
 

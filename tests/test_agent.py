@@ -26,10 +26,11 @@ def trajectory(B, T, dtype=torch.float32):
             torch.arange(T).repeat(B, 1))
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
 @pytest.mark.parametrize("tokens", ["interleaved", "compact"])
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_step_loop_equals_parallel_forward(backbone, tokens):
-    model = make_model(backbone, tokens).double().eval()
+def test_step_loop_equals_parallel_forward(backbone, tokens, activation):
+    model = make_model(backbone, tokens, activation=activation).double().eval()
     # the transformer only matches inside its K-step window (DT semantics); recurrent ones always
     T = model.config.context_len if backbone == "transformer" else 40
     states, actions, rtg, timesteps = trajectory(2, T, torch.float64)
@@ -74,6 +75,15 @@ def test_bad_shapes_raise_clear_errors():
         model(states, actions, rtg[:, :2], timesteps)
     with pytest.raises(ValueError, match="tokens must be one of"):
         DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, tokens="pairs"))
+    with pytest.raises(ValueError, match=r"activation must be one of \('gelu', 'relu'\), got 'swish'"):
+        DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, activation="swish"))
+
+
+def test_activation_selects_the_mlp_nonlinearity():
+    x = torch.linspace(-3, 3, 16).repeat(2, 1)
+    for activation, fn in (("gelu", torch.nn.functional.gelu), ("relu", torch.relu)):
+        mlp = make_model("mingru", "compact", activation=activation).backbone.blocks[0].mlp.eval()
+        torch.testing.assert_close(mlp(x), mlp.proj(fn(mlp.fc(x))))
 
 
 def test_timestep_init_std_scales_only_the_timestep_embedding():

@@ -11,10 +11,10 @@ from decision_rnn.fused import FusedStep
 RECURRENT = ["mingru", "minlstm", "lru"]
 
 
-def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0):
+def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0, activation="gelu"):
     torch.manual_seed(seed)
     model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, tokens=tokens, embed_dim=embed_dim,
-                                    n_layers=n_layers, max_timestep=50)).eval()
+                                    n_layers=n_layers, max_timestep=50, activation=activation)).eval()
     with torch.no_grad():  # move every parameter off its init, LayerNorms and biases included
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -22,10 +22,10 @@ def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0):
     return model
 
 
-@pytest.mark.parametrize("tokens", ["compact", "interleaved"])
+@pytest.mark.parametrize(("tokens", "activation"), [("compact", "gelu"), ("interleaved", "gelu"), ("compact", "relu")])
 @pytest.mark.parametrize("backbone", RECURRENT)
-def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens):
-    model = random_model(backbone, tokens)
+def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens, activation):
+    model = random_model(backbone, tokens, activation=activation)
     fused = FusedStep(model)
     B, T = 3, 300  # past max_timestep=50: the timestep clamp is exercised too
     rng = np.random.default_rng(0)

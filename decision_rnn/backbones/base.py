@@ -24,29 +24,35 @@ from torch import nn
 State = tuple[torch.Tensor, ...]
 
 
-class MLP(nn.Module):
-    """GELU feed-forward, `expansion` x wider inside (GPT-2 and DT: 4)."""
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
-    def __init__(self, dim: int, expansion: int, dropout: float):
+
+class MLP(nn.Module):
+    """Feed-forward, `expansion` x wider inside (GPT-2 and DT: 4); GELU (GPT-2) or ReLU (DT's gym code)."""
+
+    def __init__(self, dim: int, expansion: int, dropout: float, activation: str = "gelu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
         self.fc = nn.Linear(dim, expansion * dim)
         self.proj = nn.Linear(expansion * dim, dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(ACTIVATIONS[self.activation](self.fc(x))))
 
 
 class Block(nn.Module):
     """Pre-norm residual block around a mixer: x + mixer(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, dim: int, mixer: nn.Module, mlp_expansion: int, dropout: float):
+    def __init__(self, dim: int, mixer: nn.Module, mlp_expansion: int, dropout: float, activation: str):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
         self.mixer = mixer
         self.drop = nn.Dropout(dropout)
         self.ln_2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_expansion, dropout)
+        self.mlp = MLP(dim, mlp_expansion, dropout, activation)
 
     def forward(self, x: torch.Tensor, state):
         return self._finish(x, *self.mixer(self.ln_1(x), state))
@@ -69,10 +75,11 @@ class Backbone(nn.Module):
     """True when `step` costs the same at every step and the state has a fixed size."""
 
     def __init__(self, dim: int, n_layers: int, mixer: Callable[[], nn.Module], *, mlp_expansion: int,
-                 dropout: float):
+                 dropout: float, activation: str = "gelu"):
         super().__init__()
         self.dim = dim
-        self.blocks = nn.ModuleList(Block(dim, mixer(), mlp_expansion, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(Block(dim, mixer(), mlp_expansion, dropout, activation)
+                                    for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(dim)
 
     def state_shapes(self, batch_size: int) -> list[tuple[int, ...]]:

@@ -90,10 +90,11 @@ class MinRNN(Backbone):
     mixer_cls: type[MinRNNMixer]
 
     def __init__(self, dim: int, n_layers: int, *, expansion: int = 2, mlp_expansion: int = 4,
-                 dropout: float = 0.0, scan: str = "linear"):
+                 dropout: float = 0.0, activation: str = "gelu", scan: str = "linear"):
         """`expansion`: recurrent width / dim (the paper leaves the hidden size free; 2 here).
         `mlp_expansion`: MLP width / dim (GPT-2 and DT: 4). `dropout`: on the residual branches.
+        `activation`: the MLP's, "gelu" or "relu".
         `scan`: how `forward` runs the recurrence, "linear" (Blelloch; default, faster on CPU) or "log"
         (Heinsen, the paper's App. B); the module docstring says more."""
         super().__init__(dim, n_layers, lambda: self.mixer_cls(dim, expansion * dim, scan),
-                         mlp_expansion=mlp_expansion, dropout=dropout)
+                         mlp_expansion=mlp_expansion, dropout=dropout, activation=activation)

@@ -43,7 +43,7 @@ class DecisionRNN(nn.Module):
         self.embed_action = nn.Linear(config.act_dim, E)
         self.embed_ln = nn.LayerNorm(E)
         self.embed_drop = nn.Dropout(config.dropout)
-        options = {"dropout": config.dropout, **config.backbone_options}
+        options = {"dropout": config.dropout, "activation": config.activation, **config.backbone_options}
         if config.backbone == "transformer":
             # DT's rollout window: the last K steps, i.e. 3K - 1 tokens ending at s_t (interleaved).
             options.setdefault("context", self.tokens_per_step * config.context_len - (self.tokens_per_step > 1))
