@@ -37,8 +37,8 @@ VARIANTS = {
     "tokens-interleaved": ({"tokens": "interleaved"}, {}),
     "gpt2-init": ({"block_init_std": 0.02, "timestep_init_std": 0.02}, {}),
     "relu": ({"activation": "relu"}, {}),
-    "d3rlpy-recipe": ({"tokens": "interleaved", "activation": "relu", "block_init_std": 0.02, "timestep_init_std": 0.02},
-                      {"grad_clip": 0.25 / 3, "window_align": "end"}),
+    "d3rlpy-recipe": ({"tokens": "interleaved", "activation": "relu", "block_init_std": 0.02,
+                       "timestep_init_std": 0.02}, {"grad_clip": 0.25 / 3, "window_align": "end"}),
 }
 
 

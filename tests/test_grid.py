@@ -50,3 +50,19 @@ def test_goal_check_compares_the_best_recurrent_agent_with_d3rlpy(grid):
     assert "on average: yes (+10.0)" in lines
     assert "mingru ≥ our transformer: on 1 of 2" in lines
     assert "lru ≥ our transformer: on 0 of 2" in lines
+
+
+def test_sync_readme_replaces_each_block_with_its_file_and_keeps_the_rest(tmp_path):
+    spec = importlib.util.spec_from_file_location("sync_readme", EXPERIMENTS / "sync_readme.py")
+    sync_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync_readme)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a.md").write_text("# Title\n\n| x |\n|---|\n| 1 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- from results/a.md -->\nstale\n<!-- end results/a.md -->\noutro\n")
+    assert sync_readme.sync(readme, tmp_path) == 1
+    expected = "intro\n<!-- from results/a.md -->\n| x |\n|---|\n| 1 |\n<!-- end results/a.md -->\noutro\n"
+    assert readme.read_text() == expected
+    readme.write_text("<!-- from results/missing.md -->\n<!-- end results/missing.md -->\n")
+    with pytest.raises(FileNotFoundError):
+        sync_readme.sync(readme, tmp_path)
