@@ -14,6 +14,8 @@ The baseline is the grid's run of the same (dataset, agent, seed), read from res
 - `gpt2-init`: d3rlpy's init, N(0, 0.02) for every Linear in the blocks (zero biases) and for the
   timestep embedding; ours is PyTorch's default.
 - `relu`: ReLU in the blocks' MLPs, DT's gym default and d3rlpy's; ours is GPT-2's GELU.
+- `d3rlpy-model`: d3rlpy's ReLU, GPT-2 init and effective clip, keeping our compact tokens and the
+  agent's own context: the part of d3rlpy's recipe a recurrent agent can take.
 - `d3rlpy-recipe`: all of the above at once. What remains different is minor: d3rlpy's LayerNorm eps
   (3e-3 vs 1e-5), its loss averaging over padded steps too, and its AdamW leaving biases, LayerNorms and
   embeddings out of the weight decay (1e-4 x lr 1e-3 = 1e-7 shrinkage per update here, negligible).
@@ -37,6 +39,8 @@ VARIANTS = {
     "tokens-interleaved": ({"tokens": "interleaved"}, {}),
     "gpt2-init": ({"block_init_std": 0.02, "timestep_init_std": 0.02}, {}),
     "relu": ({"activation": "relu"}, {}),
+    "d3rlpy-model": ({"activation": "relu", "block_init_std": 0.02, "timestep_init_std": 0.02},
+                     {"grad_clip": 0.25 / 3}),
     "d3rlpy-recipe": ({"tokens": "interleaved", "activation": "relu", "block_init_std": 0.02,
                        "timestep_init_std": 0.02}, {"grad_clip": 0.25 / 3, "window_align": "end"}),
 }
@@ -45,7 +49,7 @@ VARIANTS = {
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="hopper-mixed", choices=sorted(DATASETS))
-    p.add_argument("--agent", default="transformer")
+    p.add_argument("--agent", default="transformer", choices=["mingru", "minlstm", "lru", "transformer"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -66,22 +70,27 @@ def main():
         rows += [{"variant": name, **c} for c in our_curves(out, args.seed, args.episodes, "cpu", final)]
     frame = pd.DataFrame(rows).assign(**key)
     path = ROOT / "results" / "recipe_ablation_cpu"
-    if path.with_suffix(".csv").exists():  # keep the variants run before (same dataset, agent, seed)
+    if path.with_suffix(".csv").exists():  # keep every other run: other variants, agents, datasets, seeds
         old = pd.read_csv(path.with_suffix(".csv"))
-        same = (old.dataset == args.dataset) & (old.agent == args.agent) & (old.seed == args.seed)
-        if same.all():
-            frame = pd.concat([old[~old.variant.isin(set(frame.variant))], frame], ignore_index=True)
+        replaced = ((old.dataset == args.dataset) & (old.agent == args.agent) & (old.seed == args.seed)
+                    & old.variant.isin(set(frame.variant)))
+        frame = pd.concat([old[~replaced], frame], ignore_index=True)
     frame.to_csv(path.with_suffix(".csv"), index=False)
-    curve = frame[frame.kind == "curve"].pivot(index="variant", columns="x", values="score")
-    curve.columns = [f"score @ {int(c)} updates" for c in curve.columns]
-    sweep = frame[frame.kind == "target"].pivot(index="variant", columns="x", values="score")
-    sweep.columns = [f"target {int(c)}" for c in sweep.columns]
-    table = curve.join(sweep).reset_index()
-    text = (f"# Recipe ablation: {args.agent} on {args.dataset}, seed {args.seed}, CPU protocol, "
-            f"{args.episodes} episodes per score\n\n{table.to_markdown(index=False, floatfmt='.1f')}\n")
-    path.with_suffix(".md").write_text(text)
-    print(text)
+    path.with_suffix(".md").write_text(report(frame, args.episodes))
+    print(path.with_suffix(".md").read_text())
 
+
+def report(frame: pd.DataFrame, episodes: int) -> str:
+    """One table per (agent, dataset, seed): scores at the checkpoints and at four target returns."""
+    parts = [f"# Recipe ablation, CPU protocol, {episodes} episodes per score"]
+    for (agent, dataset, seed), group in frame.groupby(["agent", "dataset", "seed"], sort=False):
+        curve = group[group.kind == "curve"].pivot(index="variant", columns="x", values="score")
+        curve.columns = [f"score @ {int(c)} updates" for c in curve.columns]
+        sweep = group[group.kind == "target"].pivot(index="variant", columns="x", values="score")
+        sweep.columns = [f"target {int(c)}" for c in sweep.columns]
+        table = curve.join(sweep).reset_index()
+        parts.append(f"**{agent} on {dataset}, seed {seed}**\n\n{table.to_markdown(index=False, floatfmt='.1f')}")
+    return "\n\n".join(parts) + "\n"
 
 if __name__ == "__main__":
     main()
