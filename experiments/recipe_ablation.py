@@ -16,9 +16,12 @@ The baseline is the grid's run of the same (dataset, agent, seed), read from res
 - `relu`: ReLU in the blocks' MLPs, DT's gym default and d3rlpy's; ours is GPT-2's GELU.
 - `d3rlpy-model`: d3rlpy's ReLU, GPT-2 init and effective clip, keeping our compact tokens and the
   agent's own context: the part of d3rlpy's recipe a recurrent agent can take.
-- `d3rlpy-recipe`: all of the above at once. What remains different is minor: d3rlpy's LayerNorm eps
-  (3e-3 vs 1e-5), its loss averaging over padded steps too, and its AdamW leaving biases, LayerNorms and
-  embeddings out of the weight decay (1e-4 x lr 1e-3 = 1e-7 shrinkage per update here, negligible).
+- `d3rlpy-recipe`: all of the above at once, in DT windows (what our transformer trains on anyway).
+  What remains different is minor: d3rlpy's LayerNorm eps (3e-3 vs 1e-5), its loss averaging over
+  padded steps too, and its AdamW leaving biases, LayerNorms and embeddings out of the weight decay
+  (1e-4 x lr 1e-3 = 1e-7 shrinkage per update here, negligible).
+- `window-context` (recurrent agents): DT's 64 K-step windows per update instead of the CPU protocol's
+  4 whole episodes, i.e. 64 different episodes in each batch instead of 4.
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
@@ -42,7 +45,8 @@ VARIANTS = {
     "d3rlpy-model": ({"activation": "relu", "block_init_std": 0.02, "timestep_init_std": 0.02},
                      {"grad_clip": 0.25 / 3}),
     "d3rlpy-recipe": ({"tokens": "interleaved", "activation": "relu", "block_init_std": 0.02,
-                       "timestep_init_std": 0.02}, {"grad_clip": 0.25 / 3, "window_align": "end"}),
+                       "timestep_init_std": 0.02}, {"grad_clip": 0.25 / 3, "context": "window", "window_align": "end"}),
+    "window-context": ({}, {"context": "window"}),
 }
 
 
