@@ -65,8 +65,8 @@ def train_and_evaluate(
     dataset = load_dataset(datasets if len(datasets) > 1 else datasets[0])
     model_cfg = ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone=backbone, tokens=tokens,
                             **(model_options or {}))
-    train_cfg = replace(protocol_config(protocol, steps), context=context or default_context(backbone), seed=seed,
-                        device=device, **(train_options or {}))
+    options = {"context": context or default_context(backbone), **(train_options or {})}  # options win
+    train_cfg = replace(protocol_config(protocol, steps), seed=seed, device=device, **options)
     summary = train(dataset, model_cfg, train_cfg, out, resume=True, progress=False)
     result = evaluate_run(out, episodes=episodes, seeds=[seed], device=device)["results"][0]
     return {
