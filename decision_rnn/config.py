@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 TOKENIZATIONS = ("interleaved", "compact")
 ACTIVATIONS = ("gelu", "relu")
-CONTEXTS = ("window", "episode")
+CONTEXTS = ("window", "episode", "stream")
 
 
 @dataclass
@@ -67,10 +67,12 @@ class TrainConfig:
     """Gradient updates. DT: 10 iterations x 10k steps = 100k."""
     batch_size: int = 64
     """Sequences per update in `window` context. DT: batch_size=64."""
-    context: Literal["window", "episode"] | None = None
-    """`window`: DT's K-step windows from random starts. `episode`: whole episodes from their start,
-    so the recurrent state seen in training is the one it has at rollout (ours). None: by backbone,
-    `default_context` (episode for recurrent backbones, window for the transformer)."""
+    context: Literal["window", "episode", "stream"] | None = None
+    """`window`: DT's K-step windows from random starts (`batch_size` of them). `episode`: whole episodes
+    from their start (`episode_batch_size`), so the recurrent state seen in training is the one it has at
+    rollout. `stream` (recurrent backbones): `batch_size` streams walk whole episodes in consecutive
+    K-step chunks, each chunk starting from the state the previous one ended in (truncated BPTT): the
+    rollout's state, with a window batch's variety and cost. None: `default_context` by backbone."""
     window_align: Literal["start", "end"] = "start"
     """`window` context: `start` draws each window's first step (DT's gym code), `end` its last step
     (d3rlpy's trajectory slicer); see `decision_rnn.data.WindowSampler`."""
@@ -130,6 +132,9 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
         raise ValueError(f"obs_dim and act_dim must be positive, got {model.obs_dim}, {model.act_dim}")
     if train is not None and train.context not in (*CONTEXTS, None):
         raise ValueError(f"context must be one of {CONTEXTS}, got {train.context!r}")
+    if train is not None and train.context == "stream" and model.backbone == "transformer":
+        raise ValueError("context 'stream' carries a recurrent state between chunks; the transformer has a "
+                         "window, not a state: use context 'window' for it")
 
 
 __all__ = ["ModelConfig", "TrainConfig", "asdict", "config_from_dict", "default_context", "validate"]

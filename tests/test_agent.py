@@ -103,3 +103,39 @@ def test_block_init_std_reinitialises_every_backbone_linear():
     assert linears
     for m in linears:
         assert abs(m.weight.std().item() - 0.02) < 0.003 and not m.bias.any()
+
+
+@pytest.mark.parametrize("tokens", ["interleaved", "compact"])
+@pytest.mark.parametrize("backbone", ["mingru", "minlstm", "lru"])
+def test_stream_chunks_with_carried_state_equal_the_whole_episode_forward(backbone, tokens):
+    """Stream context's training chunks see exactly the state the agent has at rollout (float64)."""
+    from decision_rnn.data import StreamSampler
+    from tests.test_data import make_dataset
+
+    data = make_dataset([37, 5, 60], obs_dim=OBS, act_dim=ACT, seed=4)
+    data.observations = data.observations.astype("float64")
+    data.actions = data.actions.astype("float64")
+    data.returns_to_go = data.returns_to_go.astype("float64")
+    model = make_model(backbone, tokens).double().eval()
+    whole = {}
+    with torch.no_grad():
+        for e in range(data.num_episodes):
+            rows = slice(data.offsets[e], data.offsets[e + 1])
+            arrays = (data.observations, data.actions, data.returns_to_go, data.timesteps)
+            pred, _ = model(*(torch.from_numpy(a[rows])[None] for a in arrays))
+            whole[e] = pred[0]
+        sampler = StreamSampler(data, chunk_len=7, batch_size=3, seed=0)
+        sampler.next_row = data.offsets[sampler.episode].copy()  # start at step 0 so every state is exact
+        checked = 0
+        for _ in range(40):
+            start, episode = sampler.next_row.copy(), sampler.episode.copy()
+            batch = sampler.sample()
+            pred, final = model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.state,
+                                batch.prev_actions)
+            for b in range(3):
+                n = int(batch.mask[b].sum())
+                t0 = start[b] - data.offsets[episode[b]]
+                torch.testing.assert_close(pred[b, :n], whole[episode[b]][t0:t0 + n], rtol=1e-9, atol=1e-9)
+                checked += n
+            sampler.advance(final)
+        assert checked > 500  # every real step of 40 chunks x 3 streams was compared

@@ -20,6 +20,7 @@ from decision_rnn.data import (
     Batch,
     DatasetNotFoundError,
     EpisodeSampler,
+    StreamSampler,
     TrajectoryDataset,
     WindowSampler,
     from_minari,
@@ -364,13 +365,16 @@ def _check_batch_shapes(batch: Batch, b: int, t: int, data: TrajectoryDataset):
 
 def _check_rows(batch: Batch, data: TrajectoryDataset, b: int, start: int, n_real: int):
     """Row ``b`` holds ``n_real`` dataset rows from ``start``, then zero padding."""
-    rows = slice(start, start + n_real)
+    rows, n = slice(start, start + n_real), data.num_steps
     np.testing.assert_array_equal(batch.mask[b].numpy(), np.arange(batch.mask.shape[1]) < n_real)
     np.testing.assert_array_equal(batch.states[b, :n_real].numpy(), data.observations[rows])
     np.testing.assert_array_equal(batch.actions[b, :n_real].numpy(), data.actions[rows])
     np.testing.assert_array_equal(batch.returns_to_go[b, :n_real].numpy(), data.returns_to_go[rows])
     np.testing.assert_array_equal(batch.timesteps[b, :n_real].numpy(), data.timesteps[rows])
-    for name in ("states", "actions", "returns_to_go", "timesteps"):
+    # a_{t-1} of the same episode, zero at its first step
+    prev = [data.actions[r - 1] if data.timesteps[r] > 0 else np.zeros(data.act_dim) for r in range(*rows.indices(n))]
+    np.testing.assert_array_equal(batch.prev_actions[b, :n_real].numpy(), np.reshape(prev, (n_real, -1)))
+    for name in ("states", "actions", "returns_to_go", "timesteps", "prev_actions"):
         assert not getattr(batch, name)[b, n_real:].any(), name
 
 
@@ -420,6 +424,54 @@ def test_episode_sampler_returns_whole_episodes_from_the_start():
             _check_batch_shapes(batch, batch_size, lengths.max(), data)
             for b in range(batch_size):
                 _check_rows(batch, data, b, starts[b], lengths[b])
+
+
+def test_stream_sampler_walks_whole_episodes_in_chunks_and_carries_the_state():
+    data = make_dataset([3, 7, 25, 1, 40])
+    sampler = StreamSampler(data, chunk_len=4, batch_size=6, seed=3)
+    expected_start = sampler.next_row.copy()  # first chunks: uniformly drawn steps, zero state
+    visits, previous_ended = np.zeros(data.num_steps, int), None
+    for i in range(300):
+        batch = sampler.sample()
+        _check_batch_shapes(batch, 6, 4, data)
+        starts = batch.states[:, 0, 0].long().numpy()
+        np.testing.assert_array_equal(starts, expected_start)
+        for b in range(6):
+            end = data.offsets[np.searchsorted(data.offsets, starts[b], side="right")]
+            n_real = min(4, end - starts[b])
+            _check_rows(batch, data, b, starts[b], n_real)
+            visits[starts[b]:starts[b] + n_real] += 1
+        ended = starts + 4 >= data.offsets[np.searchsorted(data.offsets, starts, side="right")]
+        if i == 0:
+            assert batch.state is None  # the very first chunks start fresh
+        else:  # the state each row starts from: the previous chunk's, or zero after an episode change
+            np.testing.assert_array_equal(batch.state[0][:, 0].numpy(), np.where(previous_ended, 0.0, 10.0 * i))
+        final = (torch.full((6, 2), 10.0 * (i + 1)), torch.ones(6, 2, 3))
+        sampler.advance(final)
+        assert torch.equal(sampler.state[1], torch.from_numpy(~ended).float()[:, None, None].expand(6, 2, 3))
+        # the next chunk continues the episode, or starts a new one at its step 0
+        continued = np.where(ended, -1, starts + 4)
+        assert np.all((sampler.next_row == continued) | (ended & np.isin(sampler.next_row, data.offsets[:-1])))
+        expected_start, previous_ended = sampler.next_row.copy(), ended
+    # whole episodes, drawn uniformly: every step is visited about equally often
+    assert visits.min() > 0 and visits.max() < 2 * visits.mean(), visits
+
+
+def test_stream_sampler_state_dict_resumes_exactly():
+    data = make_dataset([3, 7, 25, 1, 40])
+    a, b = StreamSampler(data, 5, 4, seed=1), StreamSampler(data, 5, 4, seed=2)
+    for _ in range(7):
+        a.sample()
+        a.advance((torch.randn(4, 3),))
+    b.load_state_dict(a.state_dict())
+    for _ in range(10):
+        x, y = a.sample(), b.sample()
+        assert torch.equal(x.states, y.states) and torch.equal(x.state[0], y.state[0])
+        final = (torch.randn(4, 3),)
+        a.advance(final)
+        b.advance(final)
+    with pytest.raises(ValueError, match="chunk_len"):
+        StreamSampler(data, chunk_len=0)
 
 
 def test_samplers_are_deterministic_given_a_seed():

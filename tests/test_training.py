@@ -25,7 +25,7 @@ def read_losses(run_dir):
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("context", ["window", "episode"])
+@pytest.mark.parametrize("context", ["window", "episode", "stream"])
 def test_short_training_lowers_the_loss(embedded, tmp_path, context):
     model_cfg, train_cfg = small_configs(embedded, 60, context=context)
     train(embedded, model_cfg, train_cfg, tmp_path, progress=False)
@@ -45,10 +45,11 @@ def test_checkpoint_round_trip_is_exact(embedded, tmp_path):
     assert loaded.config == model.config
 
 
-def test_resume_reproduces_uninterrupted_run(embedded, tmp_path):
-    model_cfg, full_cfg = small_configs(embedded, 30, checkpoint_every=10)
+@pytest.mark.parametrize("context", ["episode", "stream"])  # stream: the carried state is restored too
+def test_resume_reproduces_uninterrupted_run(embedded, tmp_path, context):
+    model_cfg, full_cfg = small_configs(embedded, 30, checkpoint_every=10, context=context)
     train(embedded, model_cfg, full_cfg, tmp_path / "full", progress=False)
-    _, half_cfg = small_configs(embedded, 20, checkpoint_every=10)
+    _, half_cfg = small_configs(embedded, 20, checkpoint_every=10, context=context)
     train(embedded, model_cfg, half_cfg, tmp_path / "split", progress=False)
     train(embedded, model_cfg, full_cfg, tmp_path / "split", resume=True, progress=False)
     a, _ = load_model(tmp_path / "full")
@@ -125,6 +126,10 @@ def test_interrupted_save_leaves_previous_checkpoint_in_place(embedded, tmp_path
 def test_trainer_rejects_bad_context(embedded, tmp_path):
     model_cfg, train_cfg = small_configs(embedded, 1, context="chunks")
     with pytest.raises(ValueError, match="context must be one of"):
+        Trainer(build_model(embedded, model_cfg), embedded, train_cfg, tmp_path)
+    model_cfg, train_cfg = small_configs(embedded, 1, context="stream")
+    model_cfg.backbone = "transformer"
+    with pytest.raises(ValueError, match="transformer has a window, not a state"):
         Trainer(build_model(embedded, model_cfg), embedded, train_cfg, tmp_path)
 
 

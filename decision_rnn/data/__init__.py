@@ -15,8 +15,10 @@ Conventions, written once here and tested against a plain Python loop (tests/tes
 - **Observation statistics** ``obs_mean`` / ``obs_std`` are over every kept observation of the
   (combined) dataset, std floored at :data:`OBS_STD_FLOOR`. Batches carry raw observations; the
   model normalizes with these statistics.
-- **Sampling** draws episodes with probability proportional to length (as the Decision
-  Transformer); see :mod:`decision_rnn.data.samplers`.
+- **Sampling** sees every step equally often (as the Decision Transformer, which draws episodes with
+  probability proportional to length); see :mod:`decision_rnn.data.samplers`.
+- **Previous actions** ``prev_actions[t]`` = a_{t-1} of the same episode, zero at timestep 0: batches carry
+  them, so a sequence that starts mid-episode still sees its first step's true previous action.
 
 Episode ``e`` of a :class:`TrajectoryDataset` is rows ``offsets[e]:offsets[e+1]`` of every per-step array.
 """
@@ -25,7 +27,7 @@ from decision_rnn.data.d4rl import GYMNASIUM_ENV_IDS, d4rl_env_id, load_d4rl
 from decision_rnn.data.episodes import OBS_STD_FLOOR, DatasetNotFoundError, TrajectoryDataset
 from decision_rnn.data.load import EMBEDDED_DATASET, load_dataset
 from decision_rnn.data.minari import from_minari, open_minari
-from decision_rnn.data.samplers import Batch, EpisodeSampler, WindowSampler
+from decision_rnn.data.samplers import Batch, EpisodeSampler, StreamSampler, WindowSampler
 from decision_rnn.data.scores import REF_SCORES, RefScores, env_family, normalized_score, ref_scores
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "DatasetNotFoundError",
     "EpisodeSampler",
     "RefScores",
+    "StreamSampler",
     "TrajectoryDataset",
     "WindowSampler",
     "d4rl_env_id",

@@ -1,9 +1,13 @@
 """Vectorized batch samplers: index arithmetic and one fancy-indexing gather per array, no per-sample loop.
 
-Both samplers draw episodes with probability proportional to their length, as the Decision
-Transformer's gym experiment does (``p_sample = traj_lens / sum(traj_lens)``, gym/experiment.py).
-Drawing a row uniformly from all ``N`` steps and taking its episode is exactly that distribution,
-and it is how both samplers draw. Batches are right-padded (see :mod:`decision_rnn.data`).
+Every sampler sees each step equally often, as the Decision Transformer's gym experiment does
+(episodes drawn with ``p_sample = traj_lens / sum(traj_lens)``, gym/experiment.py). Window and episode
+samplers draw a row uniformly from all ``N`` steps and take its episode, which is exactly that
+distribution; the stream sampler walks whole episodes drawn uniformly, which covers every step once
+per walk, so the same. Batches are right-padded (see :mod:`decision_rnn.data`).
+
+Every sampler has ``sample()``, a numpy ``rng``, and ``state_dict()`` / ``load_state_dict()`` for exact
+resume.
 """
 
 from __future__ import annotations
@@ -25,11 +29,19 @@ class Batch:
     returns_to_go: torch.Tensor  # (B, T) float32, raw undiscounted return-to-go
     timesteps: torch.Tensor  # (B, T) int64, 0-based within the episode
     mask: torch.Tensor  # (B, T) bool, True = real step
+    prev_actions: torch.Tensor | None = None
+    """(B, T, act_dim) float32: a_{t-1} of the same episode, zero at timestep 0. A sequence that starts
+    mid-episode needs it for its first step; None means "shift `actions`" (sequences from step 0)."""
+    state: tuple[torch.Tensor, ...] | None = None
+    """Backbone state each row starts from (stream context: carried over from the row's previous
+    chunk); None: the all-zero fresh start."""
 
     def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device``."""
-        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{name: t.to(device, non_blocking=non_blocking) for name, t in tensors.items()})
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["state"] = None if self.state is None else tuple(move(t) for t in self.state)
+        return Batch(**{name: v if name == "state" else move(v) for name, v in values.items()})
 
 
 def _gather(dataset: TrajectoryDataset, rows: np.ndarray, valid: np.ndarray, device: torch.device) -> Batch:
@@ -40,18 +52,32 @@ def _gather(dataset: TrajectoryDataset, rows: np.ndarray, valid: np.ndarray, dev
         "actions": dataset.actions[rows],  # (B, T, act_dim)
         "returns_to_go": dataset.returns_to_go[rows],  # (B, T)
         "timesteps": dataset.timesteps[rows],  # (B, T)
+        "prev_actions": dataset.actions[rows - 1],  # (B, T, act_dim); row -1 only where timestep 0
     }
+    arrays["prev_actions"][arrays["timesteps"] == 0] = 0
     for array in arrays.values():
         array[~valid] = 0
     tensors = {name: torch.from_numpy(array).to(device) for name, array in arrays.items()}
     return Batch(**tensors, mask=torch.from_numpy(valid).to(device))
 
 
+class _RngState:
+    """`state_dict` / `load_state_dict` for samplers whose only state is their numpy generator."""
+
+    rng: np.random.Generator
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
-class WindowSampler:
+class WindowSampler(_RngState):
     """Decision-Transformer-style windows of up to ``context_len`` steps inside one episode.
 
     ``align="start"`` (DT's gym code): the window starts at a step drawn uniformly from all steps
@@ -98,7 +124,7 @@ class WindowSampler:
         return _gather(data, rows, valid, self.device)
 
 
-class EpisodeSampler:
+class EpisodeSampler(_RngState):
     """Whole episodes from their first step, right-padded to the longest in the batch.
 
     Starting at the episode's first step makes a recurrent state in training equal the state at
@@ -136,3 +162,65 @@ class EpisodeSampler:
         rows = data.offsets[episode][:, None] + positions  # (B, T)
         valid = positions < lengths[:, None]  # (B, T)
         return _gather(data, rows, valid, self.device)
+
+
+class StreamSampler(_RngState):
+    """``batch_size`` streams, each walking whole episodes in consecutive chunks of ``chunk_len`` steps.
+
+    Truncated backpropagation through time for a recurrent agent: the trainer passes each chunk's final
+    backbone state to :meth:`advance`, and the stream's next chunk starts from it (detached), so the state
+    a step is trained with summarises its episode from step 0, as at rollout, while every update still
+    sees ``batch_size`` different episodes (the episode context sees only a few). A chunk is cut at its
+    episode's end (right padding); the stream then starts a new episode, drawn uniformly, from step 0 and
+    a zero state. At the very start each stream begins at a uniformly drawn step (zero state), so the
+    streams are spread over all timesteps instead of walking in lock-step from step 0.
+    """
+
+    def __init__(
+        self,
+        dataset: TrajectoryDataset,
+        chunk_len: int = 20,
+        batch_size: int = 64,
+        *,
+        seed: int | np.random.Generator | None = 0,
+        device: str | torch.device = "cpu",
+    ):
+        if chunk_len < 1 or batch_size < 1:
+            raise ValueError(f"chunk_len and batch_size must be >= 1, got {chunk_len}, {batch_size}")
+        self.dataset = dataset
+        self.chunk_len = chunk_len
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.rng = _rng(seed)
+        drawn = self.rng.integers(0, dataset.num_steps, size=batch_size)  # (B,) uniform over all steps
+        self.episode = np.searchsorted(dataset.offsets, drawn, side="right") - 1  # (B,)
+        self.next_row = drawn  # (B,) dataset row the stream's next chunk starts at
+        self.state: tuple[torch.Tensor, ...] | None = None  # carried backbone state; None: all zero
+
+    def sample(self) -> Batch:
+        """The streams' next chunks, ``(batch_size, chunk_len)``, with the state each starts from."""
+        rows = self.next_row[:, None] + np.arange(self.chunk_len)  # (B, C)
+        valid = rows < self.dataset.offsets[self.episode + 1][:, None]
+        batch = _gather(self.dataset, rows, valid, self.device)
+        batch.state = self.state
+        return batch
+
+    def advance(self, final_state: tuple[torch.Tensor, ...]) -> None:
+        """Move every stream past the chunk just sampled; ``final_state``: the backbone state after it."""
+        data = self.dataset
+        self.next_row = self.next_row + self.chunk_len
+        ended = self.next_row >= data.offsets[self.episode + 1]  # (B,)
+        new = self.rng.integers(0, data.num_episodes, size=int(ended.sum()))
+        self.episode[ended], self.next_row[ended] = new, data.offsets[new]
+        keep = torch.from_numpy(~ended).to(self.device)
+        self.state = tuple(s.detach() * keep.view(-1, *[1] * (s.dim() - 1)).to(s.dtype) for s in final_state)
+
+    def state_dict(self) -> dict:
+        state = None if self.state is None else [s.cpu() for s in self.state]
+        return {**super().state_dict(), "episode": self.episode.copy(), "next_row": self.next_row.copy(),
+                "state": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.episode, self.next_row = state["episode"].copy(), state["next_row"].copy()
+        self.state = None if state["state"] is None else tuple(s.to(self.device) for s in state["state"])

@@ -76,8 +76,11 @@ class DecisionRNN(nn.Module):
     def _finish(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embed_drop(self.embed_ln(tokens))
 
-    def embed(self, states, actions, returns_to_go, timesteps) -> torch.Tensor:
-        """(B, T, obs), (B, T, act), (B, T), (B, T) -> tokens (B, T * tokens_per_step, E)."""
+    def embed(self, states, actions, returns_to_go, timesteps, prev_actions=None) -> torch.Tensor:
+        """(B, T, obs), (B, T, act), (B, T), (B, T) -> tokens (B, T * tokens_per_step, E).
+
+        `prev_actions` (B, T, act): a_{t-1}, for compact tokens of sequences that start mid-episode;
+        None: `actions` shifted by one step, with a_{-1} = 0 (sequences that start at step 0)."""
         B, T = timesteps.shape
         time = self._time(timesteps)  # (B, T, E)
         r, s = self._return_emb(returns_to_go), self._state_emb(states)
@@ -85,25 +88,35 @@ class DecisionRNN(nn.Module):
             a = self.embed_action(actions)
             tokens = (torch.stack((r, s, a), dim=2) + time.unsqueeze(2)).reshape(B, 3 * T, -1)  # R_0 s_0 a_0 R_1..
         else:
-            prev = torch.cat((torch.zeros_like(actions[:, :1]), actions[:, :-1]), dim=1)  # a_{t-1}, a_{-1} = 0
+            prev = prev_actions
+            if prev is None:
+                prev = torch.cat((torch.zeros_like(actions[:, :1]), actions[:, :-1]), dim=1)  # a_{-1} = 0
             tokens = r + s + self.embed_action(prev) + time
         return self._finish(tokens)
 
     # ---- parallel (training) ------------------------------------------------------------------------
-    def forward(self, states, actions, returns_to_go, timesteps, state: State | None = None):
-        """Predict a_t for every step in parallel. Returns ((B, T, act_dim), backbone state)."""
+    def forward(self, states, actions, returns_to_go, timesteps, state: State | None = None, prev_actions=None):
+        """Predict a_t for every step in parallel. Returns ((B, T, act_dim), backbone state).
+
+        `state`: the backbone state to start from (None: fresh); `prev_actions`: see `embed`."""
         self._check_inputs(states, actions, returns_to_go, timesteps)
-        y, state = self.backbone(self.embed(states, actions, returns_to_go, timesteps), state)
+        if prev_actions is not None and prev_actions.shape != actions.shape:
+            raise ValueError(f"prev_actions must have the shape of actions {tuple(actions.shape)}, "
+                             f"got {tuple(prev_actions.shape)}")
+        y, state = self.backbone(self.embed(states, actions, returns_to_go, timesteps, prev_actions), state)
         if self.config.tokens == "interleaved":
             B, T = timesteps.shape
             y = y.reshape(B, T, 3, -1)[:, :, 1]  # outputs at the s_t tokens
         return self.action_head(y), state
 
-    def loss(self, batch) -> torch.Tensor:
-        """MSE between predicted and logged actions over real (unpadded) steps, as in DT."""
-        pred, _ = self(batch.states, batch.actions, batch.returns_to_go, batch.timesteps)
-        mask = batch.mask
-        return ((pred - batch.actions) ** 2)[mask].mean()
+    def loss(self, batch, return_state: bool = False):
+        """MSE between predicted and logged actions over real (unpadded) steps, as in DT.
+
+        Starts from `batch.state` (None: fresh). `return_state=True` returns (loss, final backbone state)."""
+        pred, state = self(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.state,
+                           batch.prev_actions)
+        loss = ((pred - batch.actions) ** 2)[batch.mask].mean()
+        return (loss, state) if return_state else loss
 
     # ---- sequential (acting) ------------------------------------------------------------------------
     def initial_state(self, batch_size: int, device=None, dtype=None) -> State:

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig, default_context, validate
-from ..data import EpisodeSampler, WindowSampler
+from ..data import EpisodeSampler, StreamSampler, WindowSampler
 from ..models import DecisionRNN
 from .checkpoint import CheckpointError, find_checkpoint, load_model, load_trainer_state, save_checkpoint
 
@@ -49,10 +49,14 @@ def seed_everything(seed: int) -> None:
 
 
 def make_sampler(dataset, model: DecisionRNN, config: TrainConfig, device: torch.device):
-    """`window`: DT's K-step windows; `episode`: whole episodes from their first step."""
-    if (config.context or default_context(model.config.backbone)) == "window":
+    """`window`: DT's K-step windows; `episode`: whole episodes from their first step; `stream`: K-step
+    chunks of whole episodes with the state carried between them (see `TrainConfig.context`)."""
+    context = config.context or default_context(model.config.backbone)
+    if context == "window":
         return WindowSampler(dataset, model.config.context_len, config.batch_size, seed=config.seed, device=device,
                              align=config.window_align)
+    if context == "stream":
+        return StreamSampler(dataset, model.config.context_len, config.batch_size, seed=config.seed, device=device)
     return EpisodeSampler(
         dataset, config.episode_batch_size, max_len=config.episode_max_len, seed=config.seed, device=device
     )
@@ -107,7 +111,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "sampler_rng": self.sampler.rng.bit_generator.state,
+            "sampler": self.sampler.state_dict(),
         }
 
     def resume(self) -> bool:
@@ -129,7 +133,10 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        if "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])
+        else:  # checkpoints before stream context saved only the sampler's generator
+            self.sampler.rng.bit_generator.state = state["sampler_rng"]
         self.step = state["step"]
         self._truncate_logs(self.step)
         log.info("resumed from %s at step %d", ckpt, self.step)
@@ -195,8 +202,12 @@ class Trainer:
         """One gradient update. Returns (loss, gradient norm before clipping)."""
         self.model.train()
         batch = self.sampler.sample()
+        stream = isinstance(self.sampler, StreamSampler)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = self._loss_fn(batch)
+            loss = self._loss_fn(batch, return_state=stream)
+        if stream:
+            loss, final_state = loss
+            self.sampler.advance(final_state)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
