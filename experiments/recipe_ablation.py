@@ -22,6 +22,9 @@ The baseline is the grid's run of the same (dataset, agent, seed), read from res
   (1e-4 x lr 1e-3 = 1e-7 shrinkage per update here, negligible).
 - `window-context` (recurrent agents): DT's 64 K-step windows per update instead of the CPU protocol's
   4 whole episodes, i.e. 64 different episodes in each batch instead of 4.
+- `stream-context` (recurrent agents): 64 streams walking whole episodes in consecutive K-step chunks, the
+  state carried from chunk to chunk (truncated BPTT): a window batch's variety and cost, with the
+  rollout's state (`TrainConfig.context`).
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
@@ -32,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from protocol import train_and_evaluate
-from results_grid import DATASETS, our_curves
+from results_grid import DATASETS, locked, our_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -47,6 +50,7 @@ VARIANTS = {
     "d3rlpy-recipe": ({"tokens": "interleaved", "activation": "relu", "block_init_std": 0.02,
                        "timestep_init_std": 0.02}, {"grad_clip": 0.25 / 3, "context": "window", "window_align": "end"}),
     "window-context": ({}, {"context": "window"}),
+    "stream-context": ({}, {"context": "stream"}),
 }
 
 
@@ -74,13 +78,14 @@ def main():
         rows += [{"variant": name, **c} for c in our_curves(out, args.seed, args.episodes, "cpu", final)]
     frame = pd.DataFrame(rows).assign(**key)
     path = ROOT / "results" / "recipe_ablation_cpu"
-    if path.with_suffix(".csv").exists():  # keep every other run: other variants, agents, datasets, seeds
-        old = pd.read_csv(path.with_suffix(".csv"))
-        replaced = ((old.dataset == args.dataset) & (old.agent == args.agent) & (old.seed == args.seed)
-                    & old.variant.isin(set(frame.variant)))
-        frame = pd.concat([old[~replaced], frame], ignore_index=True)
-    frame.to_csv(path.with_suffix(".csv"), index=False)
-    path.with_suffix(".md").write_text(report(frame, args.episodes))
+    with locked(path.with_suffix(".csv")):  # several ablations may run at once
+        if path.with_suffix(".csv").exists():  # keep every other run: other variants, agents, datasets, seeds
+            old = pd.read_csv(path.with_suffix(".csv"))
+            replaced = ((old.dataset == args.dataset) & (old.agent == args.agent) & (old.seed == args.seed)
+                        & old.variant.isin(set(frame.variant)))
+            frame = pd.concat([old[~replaced], frame], ignore_index=True)
+        frame.to_csv(path.with_suffix(".csv"), index=False)
+        path.with_suffix(".md").write_text(report(frame, args.episodes))
     print(path.with_suffix(".md").read_text())
 
 
