@@ -4,7 +4,8 @@
 
 Reads results/grid_<protocol>_curves.csv (written by results_grid.py); writes
 results/grid_<protocol>_learning_curves.png and results/grid_<protocol>_target_sweep.png.
-Lines are means over the seeds that have run; the legend gives each agent's number of seeds.
+Lines are means over the seeds that have run, each agent in its current context (as the grid's table);
+the legend gives each agent's number of seeds.
 """
 
 import argparse
@@ -15,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from results_grid import AGENTS, DATASETS  # noqa: E402
+from results_grid import AGENTS, DATASETS, current  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocol", default="cpu")
     args = p.parse_args()
-    curves = pd.read_csv(ROOT / "results" / f"grid_{args.protocol}_curves.csv")
+    curves = current(pd.read_csv(ROOT / "results" / f"grid_{args.protocol}_curves.csv"))
     out = ROOT / "results" / f"grid_{args.protocol}"
     plot(curves, "curve", "updates", f"Learning curves (protocol {args.protocol}; score of each checkpoint)",
          Path(f"{out}_learning_curves.png"))

@@ -2,8 +2,9 @@
 
     python experiments/recipe_ablation.py [--dataset hopper-mixed] [--agent transformer] [--seed 0]
 
-The baseline is the grid's run of the same (dataset, agent, seed), read from results/grid_cpu*.csv
-(run results_grid.py first). Each variant changes one thing that d3rlpy's DT does differently:
+The baselines are the grid's runs of the same (dataset, agent, seed), one per context it ran in, read
+from results/grid_cpu*.csv (run results_grid.py first). Each variant changes one thing that d3rlpy's DT
+does differently:
 - `timestep-init-0.02`: d3rlpy initialises its timestep embedding at GPT-2's N(0, 0.02); DT's code (and
   our default) leaves nn.Embedding's N(0, 1).
 - `grad-clip-0.083`: d3rlpy sums the squared error over the action dimensions (x act_dim = 3 on Hopper)
@@ -68,7 +69,8 @@ def main():
     base = grid[(grid.dataset == args.dataset) & (grid.agent == args.agent) & (grid.seed == args.seed)]
     if base.empty:
         raise SystemExit(f"no grid run for {key}: run experiments/results_grid.py for it first")
-    rows = [{"variant": "baseline (grid run)", **r} for r in base[["kind", "x", "score"]].to_dict("records")]
+    rows = [{"variant": f"grid run ({r.pop('context')} context)", **r}
+            for r in base[["kind", "x", "score", "context"]].to_dict("records")]
     for name in args.variants:
         model_options, train_options = dict(VARIANTS[name][0]), VARIANTS[name][1]
         tokens = model_options.pop("tokens", "compact")

@@ -9,6 +9,11 @@ result row already exists in results/grid_<protocol>.csv, so the grid can be fil
 sessions and by several workers at once (each run is claimed with a lock file; CSV appends are
 locked). Runs go seed-major: every dataset gets seed 0 before any gets seed 1.
 
+A cell is (dataset, agent, seed, context): each agent runs in its current default context
+(`decision_rnn.config.default_context`; d3rlpy's DT in its windows). Rows of an earlier default stay in
+the CSVs as the record and are reported in a table of their own, so changing a default re-runs only
+the cells it changes.
+
 Per run, besides the score of the LAST checkpoint at DT's target return, results/grid_<protocol>_curves.csv
 gets the learning curve (the score of every intermediate checkpoint) and a target sweep (the last
 checkpoint at 0.5, 0.75 and 1.25 x DT's target). All evaluations of one seed use the same episode
@@ -28,6 +33,7 @@ import pandas as pd
 import torch
 from protocol import PROTOCOLS, protocol_config, train_and_evaluate
 
+from decision_rnn.config import default_context
 from decision_rnn.data import load_dataset
 from decision_rnn.evaluation import default_target_return, evaluate_run
 
@@ -42,6 +48,16 @@ DATASETS = {
 }
 AGENTS = ["mingru", "minlstm", "lru", "transformer", "d3rlpy-dt"]
 SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
+
+
+def agent_context(agent: str) -> str:
+    """The context an agent's grid cells are trained in now: its default; d3rlpy's DT uses windows."""
+    return "window" if agent == "d3rlpy-dt" else default_context(agent)
+
+
+def current(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each agent's current context (drops the record of earlier defaults)."""
+    return frame[frame.context == frame.agent.map(agent_context)]
 
 
 def eval_seed(seed: int) -> int:
@@ -159,11 +175,13 @@ def main():
     for seed in [] if args.report else args.seeds:
         for name in args.datasets:
             for agent in args.agents:
+                context = agent_context(agent)
                 done = pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=["dataset", "agent",
-                                                                                              "seed"])
-                if ((done.dataset == name) & (done.agent == agent) & (done.seed == seed)).any():
+                                                                                              "seed", "context"])
+                if ((done.dataset == name) & (done.agent == agent) & (done.seed == seed)
+                        & (done.context == context)).any():
                     continue
-                out = ROOT / "runs" / "grid" / args.protocol / name / f"{agent}-s{seed}"
+                out = ROOT / "runs" / "grid" / args.protocol / name / f"{agent}-{context}-s{seed}"
                 if not claim(out):
                     continue
                 ids = DATASETS[name]
@@ -179,36 +197,51 @@ def main():
                                              seed=seed, episodes=args.episodes, device=args.device)
                     curves = our_curves(out, seed, args.episodes, args.device, row)
                 row.update(dataset=name, protocol=args.protocol, threads=args.threads, load_avg=os.getloadavg()[0])
-                append_rows(curves_path, [{"dataset": name, "agent": agent, "seed": seed, **c} for c in curves])
+                append_rows(curves_path, [{"dataset": name, "agent": agent, "seed": seed, "context": context, **c}
+                                          for c in curves])
                 append_rows(csv_path, [row])  # after every run: an interrupted grid loses nothing
                 out.with_name(out.name + ".claim").unlink(missing_ok=True)
                 print(row, flush=True)
     write_report(pd.read_csv(csv_path), args.protocol)
 
 
-def write_report(frame, protocol):
-    """Markdown table: mean ± std over seeds per (dataset, agent), data reference, wall-clock, goal check."""
-    stats = frame.groupby(["dataset", "agent"]).agg(mean=("score", "mean"), std=("score", "std"),
-                                                    n=("score", "count"), wall=("train_wall_s", "mean"))
-    agents = [a for a in AGENTS if a in set(frame.agent)]
-    lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
-             "Each cell: score (n = seeds) and mean training wall-clock per run in minutes.", "",
-             "| dataset | data mean / max | mean ep. length | " + " | ".join(agents) + " |",
-             "|---|---|---|" + "---|" * len(agents)]
+def score_table(frame: pd.DataFrame, columns: list[str]) -> tuple[list[str], pd.DataFrame]:
+    """Markdown rows (dataset, data reference, one cell per column) and the per-(dataset, column) stats."""
+    stats = frame.groupby(["dataset", "column"]).agg(mean=("score", "mean"), std=("score", "std"),
+                                                     n=("score", "count"), wall=("train_wall_s", "mean"))
+    lines = ["| dataset | data mean / max | mean ep. length | " + " | ".join(columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for name in DATASETS:
         if name not in stats.index.get_level_values("dataset"):
             continue
         mean, best, length = dataset_reference(DATASETS[name])
         cells = []
-        for agent in agents:
-            if (name, agent) not in stats.index:
+        for column in columns:
+            if (name, column) not in stats.index:
                 cells.append("—")
                 continue
-            r = stats.loc[(name, agent)]
+            r = stats.loc[(name, column)]
             sd = f" ± {r['std']:.1f}" if r["n"] > 1 else ""
             cells.append(f"{r['mean']:.1f}{sd} (n={int(r['n'])}, {r['wall'] / 60:.0f} min)")
         lines.append(f"| {name} | {mean:.1f} / {best:.1f} | {length:.0f} | " + " | ".join(cells) + " |")
-    lines += ["", *goal_check(stats, agents)]
+    return lines, stats.rename_axis(index={"column": "agent"})
+
+
+def write_report(frame, protocol):
+    """Markdown table: mean ± std over seeds per (dataset, agent) in the agents' current contexts, data
+    reference, wall-clock, goal check; then the rows of earlier default contexts."""
+    now = current(frame).assign(column=lambda f: f.agent)
+    agents = [a for a in AGENTS if a in set(now.agent)]
+    table, stats = score_table(now, agents)
+    contexts = ", ".join(f"{a} {agent_context(a)}" for a in agents)
+    lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
+             f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes. Context: {contexts}.",
+             "", *table, "", *goal_check(stats, agents)]
+    earlier = frame.drop(now.index).assign(column=lambda f: f.agent + " (" + f.context + ")")
+    if len(earlier):
+        columns = sorted(set(earlier.column), key=lambda c: AGENTS.index(c.split(" ")[0]))
+        lines += ["", "Earlier default contexts (the record; not in the goal check):", "",
+                  *score_table(earlier, columns)[0]]
     (ROOT / "results" / f"grid_{protocol}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

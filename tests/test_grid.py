@@ -66,3 +66,13 @@ def test_sync_readme_replaces_each_block_with_its_file_and_keeps_the_rest(tmp_pa
     readme.write_text("<!-- from results/missing.md -->\n<!-- end results/missing.md -->\n")
     with pytest.raises(FileNotFoundError):
         sync_readme.sync(readme, tmp_path)
+
+
+def test_cells_are_keyed_by_context_and_only_the_current_defaults_are_reported(grid):
+    frame = pd.DataFrame([{"agent": "mingru", "context": "episode"}, {"agent": "mingru", "context": "stream"},
+                          {"agent": "transformer", "context": "window"}, {"agent": "d3rlpy-dt", "context": "window"}])
+    from decision_rnn.config import default_context
+
+    kept = grid.current(frame)
+    assert list(kept.context) == [default_context("mingru"), "window", "window"]
+    assert grid.agent_context("d3rlpy-dt") == "window"
