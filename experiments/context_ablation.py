@@ -1,14 +1,17 @@
-"""Window vs episode context for the recurrent agents, scored under true O(1) rollout.
+"""Window vs episode vs stream context for the recurrent agents, scored under true O(1) rollout.
 
 At rollout a recurrent agent's state runs over the whole episode. `window` training (DT's K-step
 windows from random starts, fresh state each) never shows the model such a state; `episode`
-training (whole episodes from their first step) does. This script trains both on the same data
-with the same protocol and evaluates each agent's last checkpoint by stepping it through full
-episodes (Policy.act, constant cost per step).
+training (whole episodes from their first step) does, with few episodes per update; `stream`
+(K-step chunks of whole episodes, the state carried between chunks) does, with a window batch's
+64 episodes per update. This script trains them on the same data with the same protocol and
+evaluates each agent's last checkpoint by stepping it through full episodes (constant cost per step).
 
-    python experiments/context_ablation.py [--backbone mingru ...] [--steps 3000] [--seeds 0 1]
+    python experiments/context_ablation.py [--dataset ID] [--backbone mingru ...] [--contexts window stream]
+                                           [--steps 3000] [--seeds 0 1]
 
-Writes results/context_ablation.csv and .md (appends/reuses finished runs under runs/ablation/).
+Appends to results/context_ablation.csv (a (dataset, agent, tokens, context, seed) row already there is
+not run again) and rewrites results/context_ablation.md from all of its rows.
 """
 
 import argparse
@@ -27,6 +30,7 @@ def main():
     p.add_argument("--dataset", default="zoo/hopper/medium-v0")
     p.add_argument("--backbone", action="append")
     p.add_argument("--tokens", default="compact")
+    p.add_argument("--contexts", nargs="+", default=["window", "episode", "stream"])
     p.add_argument("--protocol", default="cpu")
     p.add_argument("--steps", type=int)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -35,28 +39,37 @@ def main():
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rows = []
+    path = ROOT / "results" / "context_ablation.csv"
+    frame = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["dataset", "agent", "tokens", "context",
+                                                                          "seed"])
+    frame["dataset"] = frame["dataset"].fillna("zoo/hopper/medium-v0")  # the first rows predate the column
     for backbone in args.backbone or ["mingru"]:
-        for context in ["window", "episode"]:
+        for context in args.contexts:
             for seed in args.seeds:
-                out = ROOT / "runs" / "ablation" / f"{backbone}-{args.tokens}-{context}-{args.protocol}-s{seed}"
-                rows.append(train_and_evaluate([args.dataset], backbone, out, protocol=args.protocol,
-                                               steps=args.steps, tokens=args.tokens, context=context, seed=seed,
-                                               episodes=args.episodes, device=args.device))
-                print(rows[-1], flush=True)
-    frame = pd.DataFrame(rows)
-    table = (frame.groupby(["agent", "tokens", "context"])
+                key = {"dataset": args.dataset, "agent": backbone, "tokens": args.tokens, "context": context,
+                       "seed": seed}
+                if (frame[list(key)] == pd.Series(key)).all(axis=1).any():
+                    continue
+                name = f"{backbone}-{args.tokens}-{context}-{args.protocol}-s{seed}"
+                out = ROOT / "runs" / "ablation" / args.dataset.replace("/", "_") / name
+                row = train_and_evaluate([args.dataset], backbone, out, protocol=args.protocol, steps=args.steps,
+                                         tokens=args.tokens, context=context, seed=seed, episodes=args.episodes,
+                                         device=args.device)
+                row.update(dataset=args.dataset, load_avg=os.getloadavg()[0])
+                print(row, flush=True)
+                frame = pd.concat([pd.read_csv(path) if path.exists() else None, pd.DataFrame([row])],
+                                  ignore_index=True)  # re-read: another process may have appended
+                frame["dataset"] = frame["dataset"].fillna("zoo/hopper/medium-v0")
+                frame.to_csv(path, index=False)
+    table = (frame.groupby(["dataset", "agent", "tokens", "context"])
              .agg(score=("score", "mean"), score_std_seeds=("score", "std"), seeds=("seed", "count"),
                   updates=("updates", "first"), train_wall_s=("train_wall_s", "mean"))
              .reset_index())
-    header = (f"dataset {args.dataset}; protocol {args.protocol}; {args.episodes} episodes per seed; "
-              f"device {frame.device.iloc[0]}; load average at end {os.getloadavg()[0]:.2f}")
-    print(header)
+    header = (f"# Context ablation: protocol {args.protocol}, {args.episodes} episodes per seed, last checkpoint, "
+              "mean and std over seeds; train_wall_s per run, on a machine shared with other jobs")
     print(table.to_string(index=False))
-    frame.to_csv(ROOT / "results" / "context_ablation.csv", index=False)
     (ROOT / "results" / "context_ablation.md").write_text(
         f"{header}\n\n{table.to_markdown(index=False, floatfmt='.1f')}\n")
-
 
 if __name__ == "__main__":
     main()
