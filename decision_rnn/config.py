@@ -106,11 +106,15 @@ class TrainConfig:
 
 
 def default_context(backbone: str) -> str:
-    """Recurrent backbones train on whole episodes (their rollout mode); the transformer on DT windows.
+    """Recurrent backbones train in streams (the rollout's state, 64 episodes per update); the
+    transformer on DT windows.
 
-    Chosen by measurement: README "Window vs episode context", experiments/context_ablation.py.
+    Chosen by measurement (README "Training context", experiments/context_ablation.py and
+    recipe_ablation.py): whole episodes (`episode`, the default before) won on hopper-medium but ended near
+    the data's mean on the mixed-quality datasets, where few episodes per update are too few for return
+    conditioning; streams keep the rollout's state and see as many episodes per update as DT's windows.
     """
-    return "window" if backbone == "transformer" else "episode"
+    return "window" if backbone == "transformer" else "stream"
 
 
 def config_from_dict(cls, data: dict[str, Any]):
