@@ -140,12 +140,13 @@ def throughput(steps=1000, n_envs=10, repeats=3):
     """
     envs = make_envs("Hopper-v5", n_envs)
     rows = []
-    for backbone, tokens, runtime in [("mingru", "interleaved", "torch"), ("mingru", "compact", "torch"),
-                                      ("mingru", "compact", "onnxruntime"), ("mingru", "compact", "fused"),
-                                      ("transformer", "interleaved", "torch")]:
+    loops = [("mingru", "interleaved", "torch", 1), ("mingru", "compact", "torch", 1),
+             ("mingru", "compact", "onnxruntime", 1), ("mingru", "compact", "onnxruntime", 2),
+             ("mingru", "compact", "fused", 1), ("transformer", "interleaved", "torch", 1)]
+    for backbone, tokens, runtime, threads in loops:  # 2 threads: the policy's GEMMs on both cores
         torch.manual_seed(0)
         model = DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, backbone=backbone, tokens=tokens))
-        policy = Policy(model, runtime=runtime)
+        policy = Policy(model, runtime=runtime, threads=threads)
         obs, _ = envs.reset(seed=0)
         policy.reset(3600.0, batch_size=n_envs)
         for _ in range(20):  # warm-up: first-call compilation and allocations
@@ -171,7 +172,8 @@ def throughput(steps=1000, n_envs=10, repeats=3):
             if total < best:
                 best, share = total, t_policy / total
             best_replay = min(best_replay, replay)
-        rows.append({"loop": f"{backbone} {tokens} policy ({runtime}), batch {n_envs}",
+        name = f"{runtime}, {threads} threads" if threads > 1 else runtime
+        rows.append({"loop": f"{backbone} {tokens} policy ({name}), batch {n_envs}",
                      "env_steps_per_s": steps * n_envs / best, "replay_env_steps_per_s": steps * n_envs / best_replay,
                      "policy_share": share, "overhead_vs_replay": best / best_replay - 1})
     envs.close()
