@@ -106,15 +106,15 @@ class TrainConfig:
 
 
 def default_context(backbone: str) -> str:
-    """Recurrent backbones train in streams (the rollout's state, 64 episodes per update); the
-    transformer on DT windows.
+    """DT's K-step windows for every backbone; acting still runs the recurrent state over whole episodes.
 
-    Chosen by measurement (README "Training context", experiments/context_ablation.py and
-    recipe_ablation.py): whole episodes (`episode`, the default before) won on hopper-medium but ended near
-    the data's mean on the mixed-quality datasets, where few episodes per update are too few for return
-    conditioning; streams keep the rollout's state and see as many episodes per update as DT's windows.
+    Chosen by measurement (README "Training context"; experiments/context_ablation.py, recipe_ablation.py
+    and the grid's record): whole episodes (`episode`, the default before) won on hopper-medium but ended
+    near the data's mean on hopper-mixed, where 4 episodes per update are too few for return conditioning;
+    windows more than doubled that score and were close on hopper-medium; `stream` scored below windows
+    on all three datasets it ran on.
     """
-    return "window" if backbone == "transformer" else "stream"
+    return "window"
 
 
 def config_from_dict(cls, data: dict[str, Any]):

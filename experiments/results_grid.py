@@ -240,7 +240,7 @@ def write_report(frame, protocol):
     earlier = frame.drop(now.index).assign(column=lambda f: f.agent + " (" + f.context + ")")
     if len(earlier):
         columns = sorted(set(earlier.column), key=lambda c: AGENTS.index(c.split(" ")[0]))
-        lines += ["", "Earlier default contexts (the record; not in the goal check):", "",
+        lines += ["", "Other contexts: earlier defaults, the record (not in the goal check):", "",
                   *score_table(earlier, columns)[0]]
     (ROOT / "results" / f"grid_{protocol}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
