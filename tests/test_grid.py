@@ -69,10 +69,32 @@ def test_sync_readme_replaces_each_block_with_its_file_and_keeps_the_rest(tmp_pa
 
 
 def test_cells_are_keyed_by_context_and_only_the_current_defaults_are_reported(grid):
-    frame = pd.DataFrame([{"agent": "mingru", "context": "episode"}, {"agent": "mingru", "context": "stream"},
-                          {"agent": "transformer", "context": "window"}, {"agent": "d3rlpy-dt", "context": "window"}])
+    frame = pd.DataFrame([{"agent": "mingru", "context": c} for c in ("episode", "window", "stream")]
+                         + [{"agent": "transformer", "context": "window"}, {"agent": "d3rlpy-dt", "context": "window"}])
     from decision_rnn.config import default_context
 
     kept = grid.current(frame)
     assert list(kept.context) == [default_context("mingru"), "window", "window"]
     assert grid.agent_context("d3rlpy-dt") == "window"
+
+
+def test_context_report_counts_each_run_once_grid_first(grid, tmp_path):
+    spec = importlib.util.spec_from_file_location("context_report", EXPERIMENTS / "context_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    base = {"agent": "mingru", "tokens": "compact"}
+    pd.DataFrame([{**base, "dataset": "hopper-mixed", "context": "window", "seed": 0, "score": 50.0},
+                  {**base, "dataset": "hopper-mixed", "context": "window", "seed": 1, "score": 70.0},
+                  {**base, "dataset": "hopper-mixed", "context": "episode", "seed": 0, "score": 20.0, "agent": "lru"}]
+                 ).to_csv(tmp_path / "grid_cpu.csv", index=False)
+    pd.DataFrame([{**base, "context": "episode", "seed": 0, "score": 66.0}]).to_csv(  # no dataset column: old rows
+        tmp_path / "context_ablation.csv", index=False)
+    pd.DataFrame([{"variant": "window-context", "kind": "curve", "x": 3000, "score": 1.0, "dataset": "hopper-mixed",
+                   "agent": "mingru", "seed": 0},  # the grid already ran it: dropped
+                  {"variant": "stream-context", "kind": "curve", "x": 2000, "score": 9.0, "dataset": "hopper-mixed",
+                   "agent": "mingru", "seed": 0}]).to_csv(tmp_path / "recipe_ablation_cpu.csv", index=False)
+    frame = report.gather(tmp_path)
+    assert sorted(frame.score) == [50.0, 66.0, 70.0]
+    text = report.table(frame)
+    assert "| hopper-medium | 66.0 | — | — |" in text
+    assert "| hopper-mixed | — | **60.0** (50.0, 70.0) | — |" in text

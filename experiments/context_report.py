@@ -1,0 +1,66 @@
+"""One table of every minGRU run by training context: window, episode, stream (CPU protocol, compact tokens).
+
+    python experiments/context_report.py
+
+Gathers the last-checkpoint scores at DT's target return from the three scripts that trained minGRU in
+more than one context: results/grid_cpu.csv (the grid, every context it has run), results/context_ablation.csv
+and the `window-context` / `stream-context` rows of results/recipe_ablation_cpu.csv. A (dataset, context,
+seed) that several scripts ran is counted once, the grid's run first. Writes results/context_cpu.md.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+from results_grid import DATASETS
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTEXTS = ["episode", "window", "stream"]
+
+
+def gather(results: Path) -> pd.DataFrame:
+    """(dataset, context, seed, score, source) of every minGRU compact-token run at 3,000 updates."""
+    grid = pd.read_csv(results / "grid_cpu.csv")
+    grid = grid[(grid.agent == "mingru") & (grid.tokens == "compact")].assign(source="grid")
+    names = {ids[0]: name for name, ids in DATASETS.items() if len(ids) == 1}
+    ablation = pd.read_csv(results / "context_ablation.csv")
+    ablation = ablation[(ablation.agent == "mingru") & (ablation.tokens == "compact")]
+    ablation = ablation.assign(dataset=ablation.get("dataset", pd.Series(index=ablation.index, dtype=object))
+                               .fillna("zoo/hopper/medium-v0").map(names), source="context_ablation")
+    recipe = pd.read_csv(results / "recipe_ablation_cpu.csv")
+    recipe = recipe[(recipe.agent == "mingru") & recipe.variant.isin(["window-context", "stream-context"])
+                    & (recipe.kind == "curve") & (recipe.x == 3000)]
+    recipe = recipe.assign(context=recipe.variant.str.removesuffix("-context"), source="recipe_ablation")
+    columns = ["dataset", "context", "seed", "score", "source"]
+    frame = pd.concat([grid[columns], ablation[columns], recipe[columns]], ignore_index=True)
+    return frame.drop_duplicates(["dataset", "context", "seed"], keep="first")
+
+
+def table(frame: pd.DataFrame) -> str:
+    lines = ["| dataset | " + " | ".join(CONTEXTS) + " |", "|---|" + "---|" * len(CONTEXTS)]
+    for name in DATASETS:
+        runs = frame[frame.dataset == name]
+        if runs.empty:
+            continue
+        cells = []
+        for context in CONTEXTS:
+            scores = runs[runs.context == context].sort_values("seed").score
+            if scores.empty:
+                cells.append("—")
+                continue
+            each = ", ".join(f"{v:.1f}" for v in scores)
+            cells.append(f"**{scores.mean():.1f}** ({each})" if len(scores) > 1 else f"{scores.iloc[0]:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    frame = gather(ROOT / "results")
+    text = ("# minGRU by training context (CPU protocol, compact tokens, 10 episodes per seed)\n\n"
+            "Each cell: mean over seeds in bold, then the seeds' scores (last checkpoint, DT's target return).\n\n"
+            f"{table(frame)}\n")
+    (ROOT / "results" / "context_cpu.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
