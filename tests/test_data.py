@@ -500,7 +500,12 @@ def test_episodes_are_drawn_in_proportion_to_length():
 def test_batch_to_device_and_argument_checks():
     data = make_dataset([3, 4])
     batch = WindowSampler(data, 4, 2, device="cpu").sample().to(torch.device("cpu"))
-    assert batch.states.device.type == "cpu" and isinstance(batch, Batch)
+    assert batch.states.device.type == "cpu" and isinstance(batch, Batch) and batch.state is None
+    stream = StreamSampler(data, 4, 2)
+    stream.sample()
+    stream.advance((torch.ones(2, 3),))
+    moved = stream.sample().to("cpu")
+    assert isinstance(moved.state, tuple) and torch.equal(moved.state[0], stream.state[0])
     with pytest.raises(ValueError, match="context_len"):
         WindowSampler(data, context_len=0)
     with pytest.raises(ValueError, match="max_len"):

@@ -38,10 +38,13 @@ class Batch:
 
     def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device``."""
-        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["state"] = None if self.state is None else tuple(move(t) for t in self.state)
-        return Batch(**{name: v if name == "state" else move(v) for name, v in values.items()})
+
+        def move(value):
+            if isinstance(value, tuple):
+                return tuple(move(v) for v in value)
+            return None if value is None else value.to(device, non_blocking=non_blocking)
+
+        return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
 
 def _gather(dataset: TrajectoryDataset, rows: np.ndarray, valid: np.ndarray, device: torch.device) -> Batch:
