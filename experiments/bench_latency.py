@@ -11,7 +11,8 @@
 
     python experiments/bench_latency.py [--calls 2000] [--skip-d3rlpy]
 
-Writes results/bench_latency_cpu.{csv,md}.
+Writes results/bench_latency_cpu.{csv,md,json} (json: the run's header line), results/bench_latency_cpu_summary.md
+(the README's table) and results/bench_eval_throughput_cpu.csv; `--report` rewrites the markdown only.
 """
 
 import argparse
@@ -184,7 +185,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--skip-d3rlpy", action="store_true")
+    p.add_argument("--report", action="store_true", help="only rewrite the markdown from the last run's CSVs")
     args = p.parse_args()
+    out = ROOT / "results" / "bench_latency_cpu"
+    if args.report:
+        flow = pd.read_csv(ROOT / "results" / "bench_eval_throughput_cpu.csv")
+        write_reports(pd.read_csv(out.with_suffix(".csv")), flow, out.with_suffix(".json").read_text().strip())
+        return
     torch.set_num_threads(1)
     load = os.getloadavg()
     rows = []
@@ -203,18 +210,31 @@ def main():
     header = (f"cpu, 1 thread, batch 1, {args.calls} calls after 100 warm-up; DT-size models (embed 128, 3 layers, "
               f"K=20); torch {torch.__version__}, onnxruntime {ort.__version__}; load average at start "
               f"{load[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
+    latency.to_csv(out.with_suffix(".csv"), index=False)
+    flow.to_csv(ROOT / "results" / "bench_eval_throughput_cpu.csv", index=False)
+    out.with_suffix(".json").write_text(header + "\n")
+    write_reports(latency, flow, header)
+
+
+def write_reports(latency: pd.DataFrame, flow: pd.DataFrame, header: str) -> None:
+    """results/bench_latency_cpu.md (every row) and _summary.md (compact tokens + throughput, for the README).
+
+    `policy_vs_sim`: the policy's time over the rest of the same loop (simulation and bookkeeping), i.e.
+    what the policy adds to simulating; `overhead_vs_replay` compares against a separately timed replay
+    of the same actions, which a busy machine makes noisier."""
+    flow = flow.assign(policy_vs_sim=flow.policy_share / (1 - flow.policy_share))
+    out = ROOT / "results" / "bench_latency_cpu"
     print(header)
     print(latency.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     print(flow.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    out = ROOT / "results" / "bench_latency_cpu"
-    latency.to_csv(out.with_suffix(".csv"), index=False)
-    flow.to_csv(ROOT / "results" / "bench_eval_throughput_cpu.csv", index=False)
-    out.with_suffix(".md").write_text(
-        f"# Acting latency\n\n{header}\n\n{latency.to_markdown(index=False, floatfmt='.1f')}\n\n"
-        f"# Evaluation throughput (10 Hopper-v5 envs, 1000 steps, best of 3)\n\n"
-        f"{flow.to_markdown(index=False, floatfmt='.3f')}\n"
-    )
-
+    title = "Evaluation throughput (10 Hopper-v5 envs, 1000 steps, best of 3)"
+    flow_md = flow.to_markdown(index=False, floatfmt=".3f")
+    latency_md = latency.to_markdown(index=False, floatfmt=".1f")
+    out.with_suffix(".md").write_text(f"# Acting latency\n\n{header}\n\n{latency_md}\n\n# {title}\n\n{flow_md}\n")
+    compact = latency[(latency.tokens == "compact") | latency.impl.str.startswith("d3rlpy")]
+    Path(f"{out}_summary.md").write_text(
+        f"# Acting latency, compact tokens (every row: results/bench_latency_cpu.md)\n\n{header}\n\n"
+        f"{compact.to_markdown(index=False, floatfmt='.1f')}\n\n**{title}**\n\n{flow_md}\n")
 
 if __name__ == "__main__":
     main()
