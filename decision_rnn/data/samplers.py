@@ -64,10 +64,14 @@ def _gather(dataset: TrajectoryDataset, rows: np.ndarray, valid: np.ndarray, dev
     return Batch(**tensors, mask=torch.from_numpy(valid).to(device))
 
 
-class _RngState:
-    """`state_dict` / `load_state_dict` for samplers whose only state is their numpy generator."""
+class _Sampler:
+    """What every sampler holds (data, batch size, device, numpy generator) and its resume state."""
 
-    rng: np.random.Generator
+    def __init__(self, dataset: TrajectoryDataset, batch_size: int, seed, device):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.rng = _rng(seed)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
@@ -80,7 +84,7 @@ def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
-class WindowSampler(_RngState):
+class WindowSampler(_Sampler):
     """Decision-Transformer-style windows of up to ``context_len`` steps inside one episode.
 
     ``align="start"`` (DT's gym code): the window starts at a step drawn uniformly from all steps
@@ -106,12 +110,9 @@ class WindowSampler(_RngState):
             raise ValueError(f"context_len and batch_size must be >= 1, got {context_len}, {batch_size}")
         if align not in ("start", "end"):
             raise ValueError(f"align must be 'start' or 'end', got {align!r}")
+        super().__init__(dataset, batch_size, seed, device)
         self.align = align
-        self.dataset = dataset
         self.context_len = context_len
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.rng = _rng(seed)
 
     def sample(self) -> Batch:
         """One batch, ``(batch_size, context_len)``."""
@@ -127,7 +128,7 @@ class WindowSampler(_RngState):
         return _gather(data, rows, valid, self.device)
 
 
-class EpisodeSampler(_RngState):
+class EpisodeSampler(_Sampler):
     """Whole episodes from their first step, right-padded to the longest in the batch.
 
     Starting at the episode's first step makes a recurrent state in training equal the state at
@@ -147,11 +148,8 @@ class EpisodeSampler(_RngState):
     ):
         if batch_size < 1 or (max_len is not None and max_len < 1):
             raise ValueError(f"batch_size and max_len must be >= 1, got {batch_size}, {max_len}")
-        self.dataset = dataset
-        self.batch_size = batch_size
+        super().__init__(dataset, batch_size, seed, device)
         self.max_len = max_len
-        self.device = torch.device(device)
-        self.rng = _rng(seed)
 
     def sample(self) -> Batch:
         """One batch, ``(batch_size, T)`` with ``T`` the longest (cropped) episode drawn."""
@@ -167,7 +165,7 @@ class EpisodeSampler(_RngState):
         return _gather(data, rows, valid, self.device)
 
 
-class StreamSampler(_RngState):
+class StreamSampler(_Sampler):
     """``batch_size`` streams, each walking whole episodes in consecutive chunks of ``chunk_len`` steps.
 
     Truncated backpropagation through time for a recurrent agent: the trainer passes each chunk's final
@@ -190,11 +188,8 @@ class StreamSampler(_RngState):
     ):
         if chunk_len < 1 or batch_size < 1:
             raise ValueError(f"chunk_len and batch_size must be >= 1, got {chunk_len}, {batch_size}")
-        self.dataset = dataset
+        super().__init__(dataset, batch_size, seed, device)
         self.chunk_len = chunk_len
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.rng = _rng(seed)
         drawn = self.rng.integers(0, dataset.num_steps, size=batch_size)  # (B,) uniform over all steps
         self.episode = np.searchsorted(dataset.offsets, drawn, side="right") - 1  # (B,)
         self.next_row = drawn  # (B,) dataset row the stream's next chunk starts at
