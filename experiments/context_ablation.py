@@ -10,8 +10,9 @@ evaluates each agent's last checkpoint by stepping it through full episodes (con
     python experiments/context_ablation.py [--dataset ID] [--backbone mingru ...] [--contexts window stream]
                                            [--steps 3000] [--seeds 0 1]
 
-Appends to results/context_ablation.csv (a (dataset, agent, tokens, context, seed) row already there is
-not run again) and rewrites results/context_ablation.md from all of its rows.
+Appends to results/context_ablation.csv (a (dataset, agent, tokens, context, seed) row of the current
+`results_grid.CODE_VERSION` already there is not run again) and rewrites results/context_ablation.md from
+all of its rows.
 """
 
 import argparse
@@ -21,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from protocol import train_and_evaluate
+from results_grid import CODE_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +49,7 @@ def main():
         for context in args.contexts:
             for seed in args.seeds:
                 key = {"dataset": args.dataset, "agent": backbone, "tokens": args.tokens, "context": context,
-                       "seed": seed}
+                       "seed": seed, "version": CODE_VERSION}
                 if (frame[list(key)] == pd.Series(key)).all(axis=1).any():
                     continue
                 name = f"{backbone}-{args.tokens}-{context}-{args.protocol}-s{seed}"
@@ -55,13 +57,13 @@ def main():
                 row = train_and_evaluate([args.dataset], backbone, out, protocol=args.protocol, steps=args.steps,
                                          tokens=args.tokens, context=context, seed=seed, episodes=args.episodes,
                                          device=args.device)
-                row.update(dataset=args.dataset, load_avg=os.getloadavg()[0])
+                row.update(dataset=args.dataset, load_avg=os.getloadavg()[0], version=CODE_VERSION)
                 print(row, flush=True)
                 frame = pd.concat([pd.read_csv(path) if path.exists() else None, pd.DataFrame([row])],
                                   ignore_index=True)  # re-read: another process may have appended
                 frame["dataset"] = frame["dataset"].fillna("zoo/hopper/medium-v0")
                 frame.to_csv(path, index=False)
-    table = (frame.groupby(["dataset", "agent", "tokens", "context"])
+    table = (frame.groupby(["dataset", "agent", "tokens", "context", "version"])
              .agg(score=("score", "mean"), score_std_seeds=("score", "std"), seeds=("seed", "count"),
                   updates=("updates", "first"), train_wall_s=("train_wall_s", "mean"))
              .reset_index())

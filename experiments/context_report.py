@@ -5,7 +5,7 @@
 Gathers the last-checkpoint scores at DT's target return from the three scripts that trained minGRU in
 more than one context: results/grid_cpu.csv (the grid, every context it has run), results/context_ablation.csv
 and the `window-context` / `stream-context` rows of results/recipe_ablation_cpu.csv. A (dataset, context,
-seed) that several scripts ran is counted once, the grid's run first. Writes results/context_cpu.md.
+code version, seed) that several scripts ran is counted once, the grid's run first. Writes results/context_cpu.md.
 """
 
 from pathlib import Path
@@ -30,20 +30,23 @@ def gather(results: Path) -> pd.DataFrame:
     recipe = recipe[(recipe.agent == "mingru") & recipe.variant.isin(["window-context", "stream-context"])
                     & (recipe.kind == "curve") & (recipe.x == 3000)]
     recipe = recipe.assign(context=recipe.variant.str.removesuffix("-context"), source="recipe_ablation")
-    columns = ["dataset", "context", "seed", "score", "source"]
-    frame = pd.concat([grid[columns], ablation[columns], recipe[columns]], ignore_index=True)
-    return frame.drop_duplicates(["dataset", "context", "seed"], keep="first")
+    columns = ["dataset", "context", "version", "seed", "score", "source"]
+    frame = pd.concat([f.reindex(columns=columns) for f in (grid, ablation, recipe)], ignore_index=True)
+    frame["version"] = frame.version.fillna(1).astype(int)  # rows from before versions were recorded: v1
+    return frame.drop_duplicates(["dataset", "context", "version", "seed"], keep="first")
 
 
 def table(frame: pd.DataFrame) -> str:
-    lines = ["| dataset | " + " | ".join(CONTEXTS) + " |", "|---|" + "---|" * len(CONTEXTS)]
+    """One column per (context, code version) that has runs."""
+    kinds = sorted(set(zip(frame.context, frame.version)), key=lambda k: (CONTEXTS.index(k[0]), k[1]))
+    lines = ["| dataset | " + " | ".join(f"{c} v{v}" for c, v in kinds) + " |", "|---|" + "---|" * len(kinds)]
     for name in DATASETS:
         runs = frame[frame.dataset == name]
         if runs.empty:
             continue
         cells = []
-        for context in CONTEXTS:
-            scores = runs[runs.context == context].sort_values("seed").score
+        for context, version in kinds:
+            scores = runs[(runs.context == context) & (runs.version == version)].sort_values("seed").score
             if scores.empty:
                 cells.append("—")
                 continue
@@ -56,7 +59,9 @@ def table(frame: pd.DataFrame) -> str:
 def main():
     frame = gather(ROOT / "results")
     text = ("# minGRU by training context (CPU protocol, compact tokens, 10 episodes per seed)\n\n"
-            "Each cell: mean over seeds in bold, then the seeds' scores (last checkpoint, DT's target return).\n\n"
+            "Each cell: mean over seeds in bold, then the seeds' scores (last checkpoint, DT's target return). "
+            "vN: the code version (`CODE_VERSION` in experiments/results_grid.py; v2 feeds a window's first step "
+            "its true previous action, v1 fed zero).\n\n"
             f"{table(frame)}\n")
     (ROOT / "results" / "context_cpu.md").write_text(text)
     print(text)

@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from protocol import train_and_evaluate
-from results_grid import DATASETS, locked, our_curves
+from results_grid import CODE_VERSION, DATASETS, locked, our_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -70,14 +70,15 @@ def main():
     if base.empty:
         raise SystemExit(f"no grid run for {key}: run experiments/results_grid.py for it first")
     rows = [{"variant": f"grid run ({r.pop('context')} context)", **r}
-            for r in base[["kind", "x", "score", "context"]].to_dict("records")]
+            for r in base[["kind", "x", "score", "context", "version"]].to_dict("records")]
     for name in args.variants:
         model_options, train_options = dict(VARIANTS[name][0]), VARIANTS[name][1]
         tokens = model_options.pop("tokens", "compact")
         out = ROOT / "runs" / "recipe_ablation" / args.dataset / f"{args.agent}-s{args.seed}-{name}"
         final = train_and_evaluate(DATASETS[args.dataset], args.agent, out, tokens=tokens, seed=args.seed,
                                    episodes=args.episodes, model_options=model_options, train_options=train_options)
-        rows += [{"variant": name, **c} for c in our_curves(out, args.seed, args.episodes, "cpu", final)]
+        rows += [{"variant": name, "version": CODE_VERSION, **c}
+                 for c in our_curves(out, args.seed, args.episodes, "cpu", final)]
     frame = pd.DataFrame(rows).assign(**key)
     path = ROOT / "results" / "recipe_ablation_cpu"
     with locked(path.with_suffix(".csv")):  # several ablations may run at once
@@ -93,7 +94,9 @@ def main():
 
 def report(frame: pd.DataFrame, episodes: int) -> str:
     """One table per (agent, dataset, seed): scores at the checkpoints and at four target returns."""
-    parts = [f"# Recipe ablation, CPU protocol, {episodes} episodes per score"]
+    parts = [f"# Recipe ablation, CPU protocol, {episodes} episodes per score\n\n[vN]: the code version a run was "
+             "trained with (`CODE_VERSION` in experiments/results_grid.py)"]
+    frame = frame.assign(variant=frame.variant + " [v" + frame.version.fillna(1).astype(int).astype(str) + "]")
     for (agent, dataset, seed), group in frame.groupby(["agent", "dataset", "seed"], sort=False):
         curve = group[group.kind == "curve"].pivot(index="variant", columns="x", values="score")
         curve.columns = [f"score @ {int(c)} updates" for c in curve.columns]

@@ -50,14 +50,22 @@ AGENTS = ["mingru", "minlstm", "lru", "transformer", "d3rlpy-dt"]
 SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
 
 
+CODE_VERSION = 2
+"""Our agents' training code, as far as it changes grid scores. 1: a window that starts mid-episode fed
+a zero previous action to its first step (compact tokens). 2 (commit 2cb0dfc): batches carry the true
+previous action. A cell is done only by a row of the current version (d3rlpy's rows: any version)."""
+
+
 def agent_context(agent: str) -> str:
     """The context an agent's grid cells are trained in now: its default; d3rlpy's DT uses windows."""
     return "window" if agent == "d3rlpy-dt" else default_context(agent)
 
 
 def current(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of each agent's current context (drops the record of earlier defaults)."""
-    return frame[frame.context == frame.agent.map(agent_context)]
+    """The rows of each agent's current context and code version (drops the record of earlier ones)."""
+    version = frame["version"] if "version" in frame else pd.Series(1, index=frame.index)
+    return frame[(frame.context == frame.agent.map(agent_context))
+                 & ((frame.agent == "d3rlpy-dt") | (version.fillna(1) == CODE_VERSION))]
 
 
 def eval_seed(seed: int) -> int:
@@ -176,12 +184,11 @@ def main():
         for name in args.datasets:
             for agent in args.agents:
                 context = agent_context(agent)
-                done = pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=["dataset", "agent",
-                                                                                              "seed", "context"])
-                if ((done.dataset == name) & (done.agent == agent) & (done.seed == seed)
-                        & (done.context == context)).any():
+                done = current(pd.read_csv(csv_path) if csv_path.exists()
+                               else pd.DataFrame(columns=["dataset", "agent", "seed", "context"]))
+                if ((done.dataset == name) & (done.agent == agent) & (done.seed == seed)).any():
                     continue
-                out = ROOT / "runs" / "grid" / args.protocol / name / f"{agent}-{context}-s{seed}"
+                out = ROOT / "runs" / "grid" / args.protocol / name / f"{agent}-{context}-v{CODE_VERSION}-s{seed}"
                 if not claim(out):
                     continue
                 ids = DATASETS[name]
@@ -196,9 +203,10 @@ def main():
                     row = train_and_evaluate(ids, agent, out, protocol=args.protocol, tokens=args.tokens,
                                              seed=seed, episodes=args.episodes, device=args.device)
                     curves = our_curves(out, seed, args.episodes, args.device, row)
-                row.update(dataset=name, protocol=args.protocol, threads=args.threads, load_avg=os.getloadavg()[0])
-                append_rows(curves_path, [{"dataset": name, "agent": agent, "seed": seed, "context": context, **c}
-                                          for c in curves])
+                row.update(dataset=name, protocol=args.protocol, threads=args.threads, load_avg=os.getloadavg()[0],
+                           version=CODE_VERSION)
+                append_rows(curves_path, [{"dataset": name, "agent": agent, "seed": seed, "context": context,
+                                           "version": CODE_VERSION, **c} for c in curves])
                 append_rows(csv_path, [row])  # after every run: an interrupted grid loses nothing
                 out.with_name(out.name + ".claim").unlink(missing_ok=True)
                 print(row, flush=True)
@@ -237,10 +245,13 @@ def write_report(frame, protocol):
     lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
              f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes. Context: {contexts}.",
              "", *table, "", *goal_check(stats, agents)]
-    earlier = frame.drop(now.index).assign(column=lambda f: f.agent + " (" + f.context + ")")
+    earlier = frame.drop(now.index)
+    version = earlier.get("version", pd.Series(1, index=earlier.index)).fillna(1).astype(int).astype(str)
+    earlier = earlier.assign(column=earlier.agent + " (" + earlier.context + ", v" + version + ")")
     if len(earlier):
         columns = sorted(set(earlier.column), key=lambda c: AGENTS.index(c.split(" ")[0]))
-        lines += ["", "Other contexts: earlier defaults, the record (not in the goal check):", "",
+        lines += ["", f"Other contexts and code versions (now v{CODE_VERSION}, `CODE_VERSION` in results_grid.py): "
+                  "the record, not in the goal check:", "",
                   *score_table(earlier, columns)[0]]
     (ROOT / "results" / f"grid_{protocol}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

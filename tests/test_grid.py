@@ -69,12 +69,17 @@ def test_sync_readme_replaces_each_block_with_its_file_and_keeps_the_rest(tmp_pa
 
 
 def test_cells_are_keyed_by_context_and_only_the_current_defaults_are_reported(grid):
-    frame = pd.DataFrame([{"agent": "mingru", "context": c} for c in ("episode", "window", "stream")]
-                         + [{"agent": "transformer", "context": "window"}, {"agent": "d3rlpy-dt", "context": "window"}])
+    v = grid.CODE_VERSION
+    frame = pd.DataFrame([{"agent": "mingru", "context": c, "version": v} for c in ("episode", "window", "stream")]
+                         + [{"agent": "transformer", "context": "window", "version": v - 1},  # older code: record
+                            {"agent": "transformer", "context": "window", "version": v},
+                            {"agent": "d3rlpy-dt", "context": "window", "version": 1}])  # not our code: any version
     from decision_rnn.config import default_context
 
     kept = grid.current(frame)
-    assert list(kept.context) == [default_context("mingru"), "window", "window"]
+    assert [(r.agent, r.context) for r in kept.itertuples()] == [
+        ("mingru", default_context("mingru")), ("transformer", "window"), ("d3rlpy-dt", "window")]
+    assert list(kept.version)[:2] == [v, v]
     assert grid.agent_context("d3rlpy-dt") == "window"
 
 
@@ -83,8 +88,8 @@ def test_context_report_counts_each_run_once_grid_first(grid, tmp_path):
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     base = {"agent": "mingru", "tokens": "compact"}
-    pd.DataFrame([{**base, "dataset": "hopper-mixed", "context": "window", "seed": 0, "score": 50.0},
-                  {**base, "dataset": "hopper-mixed", "context": "window", "seed": 1, "score": 70.0},
+    pd.DataFrame([{**base, "dataset": "hopper-mixed", "context": "window", "seed": 0, "score": 50.0, "version": 1},
+                  {**base, "dataset": "hopper-mixed", "context": "window", "seed": 1, "score": 70.0, "version": 1},
                   {**base, "dataset": "hopper-mixed", "context": "episode", "seed": 0, "score": 20.0, "agent": "lru"}]
                  ).to_csv(tmp_path / "grid_cpu.csv", index=False)
     pd.DataFrame([{**base, "context": "episode", "seed": 0, "score": 66.0}]).to_csv(  # no dataset column: old rows
@@ -96,5 +101,6 @@ def test_context_report_counts_each_run_once_grid_first(grid, tmp_path):
     frame = report.gather(tmp_path)
     assert sorted(frame.score) == [50.0, 66.0, 70.0]
     text = report.table(frame)
-    assert "| hopper-medium | 66.0 | — | — |" in text
-    assert "| hopper-mixed | — | **60.0** (50.0, 70.0) | — |" in text
+    assert "| dataset | episode v1 | window v1 |" in text
+    assert "| hopper-medium | 66.0 | — |" in text
+    assert "| hopper-mixed | — | **60.0** (50.0, 70.0) |" in text
