@@ -11,7 +11,7 @@ code version, seed) that several scripts ran is counted once, the grid's run fir
 from pathlib import Path
 
 import pandas as pd
-from results_grid import DATASETS
+from results_grid import DATASETS, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXTS = ["episode", "window", "stream"]
@@ -32,7 +32,7 @@ def gather(results: Path) -> pd.DataFrame:
     recipe = recipe.assign(context=recipe.variant.str.removesuffix("-context"), source="recipe_ablation")
     columns = ["dataset", "context", "version", "seed", "score", "source"]
     frame = pd.concat([f.reindex(columns=columns) for f in (grid, ablation, recipe)], ignore_index=True)
-    frame["version"] = frame.version.fillna(1).astype(int)  # rows from before versions were recorded: v1
+    frame["version"] = versions(frame)
     return frame.drop_duplicates(["dataset", "context", "version", "seed"], keep="first")
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from protocol import train_and_evaluate
-from results_grid import CODE_VERSION, DATASETS, locked, our_curves
+from results_grid import CODE_VERSION, DATASETS, locked, our_curves, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -96,7 +96,7 @@ def report(frame: pd.DataFrame, episodes: int) -> str:
     """One table per (agent, dataset, seed): scores at the checkpoints and at four target returns."""
     parts = [f"# Recipe ablation, CPU protocol, {episodes} episodes per score\n\n[vN]: the code version a run was "
              "trained with (`CODE_VERSION` in experiments/results_grid.py)"]
-    frame = frame.assign(variant=frame.variant + " [v" + frame.version.fillna(1).astype(int).astype(str) + "]")
+    frame = frame.assign(variant=frame.variant + " [v" + versions(frame).astype(str) + "]")
     for (agent, dataset, seed), group in frame.groupby(["agent", "dataset", "seed"], sort=False):
         curve = group[group.kind == "curve"].pivot(index="variant", columns="x", values="score")
         curve.columns = [f"score @ {int(c)} updates" for c in curve.columns]

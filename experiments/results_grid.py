@@ -61,11 +61,15 @@ def agent_context(agent: str) -> str:
     return "window" if agent == "d3rlpy-dt" else default_context(agent)
 
 
+def versions(frame: pd.DataFrame) -> pd.Series:
+    """Each row's code version; rows written before versions were recorded are v1."""
+    return frame.get("version", pd.Series(1, index=frame.index)).fillna(1).astype(int)
+
+
 def current(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of each agent's current context and code version (drops the record of earlier ones)."""
-    version = frame["version"] if "version" in frame else pd.Series(1, index=frame.index)
     return frame[(frame.context == frame.agent.map(agent_context))
-                 & ((frame.agent == "d3rlpy-dt") | (version.fillna(1) == CODE_VERSION))]
+                 & ((frame.agent == "d3rlpy-dt") | (versions(frame) == CODE_VERSION))]
 
 
 def eval_seed(seed: int) -> int:
@@ -246,10 +250,10 @@ def write_report(frame, protocol):
              f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes. Context: {contexts}.",
              "", *table, "", *goal_check(stats, agents)]
     earlier = frame.drop(now.index)
-    version = earlier.get("version", pd.Series(1, index=earlier.index)).fillna(1).astype(int).astype(str)
-    earlier = earlier.assign(column=earlier.agent + " (" + earlier.context + ", v" + version + ")")
+    label = earlier.agent + " (" + earlier.context + ", v" + versions(earlier).astype(str) + ")"
+    earlier = earlier.assign(column=label)
     if len(earlier):
-        columns = sorted(set(earlier.column), key=lambda c: AGENTS.index(c.split(" ")[0]))
+        columns = sorted(set(earlier.column), key=lambda c: (AGENTS.index(c.split(" ")[0]), c))
         lines += ["", f"Other contexts and code versions (now v{CODE_VERSION}, `CODE_VERSION` in results_grid.py): "
                   "the record, not in the goal check:", "",
                   *score_table(earlier, columns)[0]]

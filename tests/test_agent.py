@@ -73,6 +73,8 @@ def test_bad_shapes_raise_clear_errors():
         model(states[..., :3], actions, rtg, timesteps)
     with pytest.raises(ValueError, match="returns_to_go must have shape"):
         model(states, actions, rtg[:, :2], timesteps)
+    with pytest.raises(ValueError, match=r"prev_actions must have the shape of actions \(2, 4, 3\), got \(2, 3, 3\)"):
+        model(states, actions, rtg, timesteps, prev_actions=actions[:, :3])
     with pytest.raises(ValueError, match="tokens must be one of"):
         DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, tokens="pairs"))
     with pytest.raises(ValueError, match=r"activation must be one of \('gelu', 'relu'\), got 'swish'"):

@@ -93,6 +93,7 @@ class Trainer:
         self.meta = {"train_config": asdict(config), **(meta or {})}
         seed_everything(config.seed)
         self.sampler = make_sampler(dataset, model, config, self.device)
+        self._stream = isinstance(self.sampler, StreamSampler)  # carries the backbone state between updates
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warmup = max(config.warmup_steps, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -202,10 +203,9 @@ class Trainer:
         """One gradient update. Returns (loss, gradient norm before clipping)."""
         self.model.train()
         batch = self.sampler.sample()
-        stream = isinstance(self.sampler, StreamSampler)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = self._loss_fn(batch, return_state=stream)
-        if stream:
+            loss = self._loss_fn(batch, return_state=self._stream)
+        if self._stream:
             loss, final_state = loss
             self.sampler.advance(final_state)
         self.optimizer.zero_grad(set_to_none=True)
