@@ -67,6 +67,11 @@ def test_bad_input_gives_clear_errors(embedded):
     policy.act(obs)
     with pytest.raises(ValueError, match="needs the reward"):
         policy.act(obs)
+    for bad_reward in (float("nan"), np.inf, np.array([-np.inf])):  # Python float, numpy scalar, array
+        with pytest.raises(ValueError, match="reward contains NaN or inf"):
+            policy.act(obs, reward=bad_reward)
+    with pytest.raises(ValueError, match="obs contains NaN or inf"):
+        policy.act(np.where(np.arange(11) == 3, np.inf, obs))
     with pytest.raises(ValueError, match="batch_size"):
         policy.reset(3000.0, batch_size=0)
     with pytest.raises(ValueError, match="unknown runtime"):
@@ -81,3 +86,26 @@ def test_two_episode_evaluation_gives_finite_normalized_scores(embedded):
     # an untrained policy falls quickly: the episodes end at different times and are frozen there
     ref = 100 * (frame["return"] - (-20.272305)) / (3234.3 - (-20.272305))
     np.testing.assert_allclose(frame.normalized_score, ref, rtol=1e-6)
+
+
+def test_rejected_input_changes_nothing_and_huge_finite_obs_is_accepted(embedded):
+    """The finite check sums first: a sum that overflows (all terms finite) must not be refused, while a
+    value beyond float32's range (inf once cast) must be."""
+    policy, fresh = make_policy(embedded), make_policy(embedded)
+    obs = embedded.observations[:3]
+    for p in (policy, fresh):
+        p.reset(3000.0)
+        p.act(obs[0])
+    with pytest.raises(ValueError):
+        policy.act(obs[1], reward=float("nan"))
+    assert policy.steps == 1
+    np.testing.assert_array_equal(policy.act(obs[1], 1.0), fresh.act(obs[1], 1.0))
+    policy.reset(3000.0)
+    huge = np.full(11, 3e38)  # finite in float32; their float32 sum overflows to inf. Accepted (no error),
+    assert policy.act(huge).shape == (3,)  # though the network itself overflows on such input.
+    policy.reset(3000.0)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        policy.act(np.full(11, 1e39))
+    policy.act(obs[0])
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        policy.act(obs[1], reward=1e39)
