@@ -6,10 +6,12 @@ adds tens of µs to the arithmetic (results/bench_latency_cpu.md). Here the step
 function over one flat float32 weight buffer, so the cost is mostly the matrix-vector products —
 bounded by streaming the weights (2.8 MB at DT's size) from the cache.
 
-Same math as `DecisionRNN.step` in float32 (`fastmath` only reorders sums: equal within ~1e-5, tested);
+Same math as `DecisionRNN.step` in float32 (`fastmath` and BLAS only reorder sums: equal within ~1e-5, tested);
 minGRU, minLSTM and LRU, both tokenizations, any batch size. The transformer is not supported: its
-step attends over a K-step window (use `runtime="onnxruntime"`). Needs `numba` (the `fast` extra).
-Compiled code is cached next to this file after the first use (a few seconds, once).
+step attends over a K-step window (use `runtime="onnxruntime"`). Needs numba and scipy (the `fast` extra).
+Compiled code is cached next to this file after the first use (a few seconds, once). The matrix
+products are BLAS calls (scipy's OpenBLAS through numba's `np.dot`); everything between them is
+compiled loops.
 
 State: one float32 array (n, B, H) holding the backbone's state tensors in `DecisionRNN.initial_state`
 order; `FusedStep.to_torch_state` gives them back as that tuple.
@@ -21,9 +23,11 @@ import numpy as np
 import torch
 
 try:
+    import scipy  # noqa: F401  (numba's np.dot calls scipy's BLAS)
     from numba import njit
 except ImportError as e:
-    raise ImportError("runtime='fused' needs numba: pip install 'decision-rnn[fast]' (or: pip install numba)") from e
+    raise ImportError("runtime='fused' needs numba and scipy: pip install 'decision-rnn[fast]' "
+                      "(or: pip install numba scipy)") from e
 
 from .models import DecisionRNN
 
@@ -45,7 +49,8 @@ class FusedStep:
         self.n_layers = len(model.backbone.blocks)
         shapes = model.backbone.state_shapes(1)
         self.n_state, self.width = len(shapes), shapes[0][1]
-        self.params, self.table = _pack(model)
+        # Two layouts of the same weights: (out, in) for the batch-1 loop, (in, out) for BLAS at batch >= 2.
+        self.packed = {blas: _pack(model, transposed=blas) for blas in (False, True)}
         self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1, c.activation == "relu"], np.float64)
 
     def initial_state(self, batch_size: int) -> np.ndarray:
@@ -53,9 +58,12 @@ class FusedStep:
 
     def __call__(self, obs, prev_action, returns_to_go, timestep, state):
         """(B, obs), (B, act), (B,), (B,) int, (n, B, H) -> ((B, act), (n, B, H)); the state is updated in place."""
+        blas = obs.shape[0] > 1
+        params, table = self.packed[blas]
         action = np.empty((obs.shape[0], self.act_dim), np.float32)
-        step(self.params, self.table, self.kind, self.n_layers, self.interleaved, self.scalars,
-             obs, prev_action, returns_to_go, np.ascontiguousarray(timestep, np.int64), state, action)
+        step(params, table, blas, self.kind, self.n_layers, self.interleaved, self.scalars,
+             np.ascontiguousarray(obs, np.float32), np.ascontiguousarray(prev_action, np.float32),
+             returns_to_go, np.ascontiguousarray(timestep, np.int64), state, action)
         return action, state
 
     def to_torch_state(self, state: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -64,34 +72,37 @@ class FusedStep:
 
 # ---- weights: one flat buffer + a table of (offset, rows, cols), in the order the kernel reads them ----
 
-def _pack(model: DecisionRNN) -> tuple[np.ndarray, np.ndarray]:
+def _pack(model: DecisionRNN, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
     def f64(t):  # derived weights (1 / std, LRU's gamma * B) are computed in float64
         return t.detach().cpu().double()
+
+    def w(t):  # a linear map's (out, in) weight; (in, out) for BLAS
+        return f64(t).T if transposed else f64(t)
 
     m = model
     tensors = [f64(m.obs_mean)[None], (1.0 / f64(m.obs_std))[None], f64(m.embed_timestep.weight),
                f64(m.embed_return.weight).T, f64(m.embed_return.bias)[None],
-               f64(m.embed_state.weight), f64(m.embed_state.bias)[None],
-               f64(m.embed_action.weight), f64(m.embed_action.bias)[None],
+               w(m.embed_state.weight), f64(m.embed_state.bias)[None],
+               w(m.embed_action.weight), f64(m.embed_action.bias)[None],
                f64(m.embed_ln.weight)[None], f64(m.embed_ln.bias)[None]]
     for block in m.backbone.blocks:
         mixer = block.mixer
         tensors += [f64(block.ln_1.weight)[None], f64(block.ln_1.bias)[None]]
         if hasattr(mixer, "in_proj"):  # minGRU / minLSTM
-            tensors += [f64(mixer.in_proj.weight), f64(mixer.in_proj.bias)[None],
-                        f64(mixer.out_proj.weight), f64(mixer.out_proj.bias)[None]]
+            tensors += [w(mixer.in_proj.weight), f64(mixer.in_proj.bias)[None],
+                        w(mixer.out_proj.weight), f64(mixer.out_proj.bias)[None]]
         else:  # LRU: lambda (as its step computes it), gamma * B and [C_re, -C_im], precomputed
             lam_re, lam_im = (f64(t) for t in mixer._lambda())
             gamma = torch.exp(f64(mixer.gamma_log))[:, None]
             tensors += [torch.cat([lam_re, lam_im])[None],
-                        torch.cat([gamma * f64(mixer.B_re), gamma * f64(mixer.B_im)]),
-                        torch.cat([f64(mixer.C_re), -f64(mixer.C_im)], dim=1), f64(mixer.D)[None]]
+                        w(torch.cat([gamma * f64(mixer.B_re), gamma * f64(mixer.B_im)])),
+                        w(torch.cat([f64(mixer.C_re), -f64(mixer.C_im)], dim=1)), f64(mixer.D)[None]]
         tensors += [f64(block.ln_2.weight)[None], f64(block.ln_2.bias)[None],
-                    f64(block.mlp.fc.weight), f64(block.mlp.fc.bias)[None],
-                    f64(block.mlp.proj.weight), f64(block.mlp.proj.bias)[None]]
+                    w(block.mlp.fc.weight), f64(block.mlp.fc.bias)[None],
+                    w(block.mlp.proj.weight), f64(block.mlp.proj.bias)[None]]
     head = m.action_head[0]
     tensors += [f64(m.backbone.ln_f.weight)[None], f64(m.backbone.ln_f.bias)[None],
-                f64(head.weight), f64(head.bias)[None]]
+                w(head.weight), f64(head.bias)[None]]
     table, offset = [], 0
     for t in tensors:
         table.append((offset, t.shape[0], t.shape[1]))
@@ -113,31 +124,24 @@ def vec(P, L, k):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def linear(W, bias, x, out):
-    """out (B, O) = x (B, I) @ W (O, I).T + bias.
+def linear(W, bias, x, out, blas):
+    """out (B, O) = x (B, I) @ W.T + bias, W (O, I); with `blas`, x @ W + bias, W (I, O).
 
-    Four batch rows at a time share each load of W (1.25 loads per multiply-add instead of 2), for batched
-    evaluation; at batch 1 the cost is streaming W from the cache either way."""
-    B = x.shape[0]
-    b = 0
-    while b + 4 <= B:
-        for i in range(W.shape[0]):
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for j in range(W.shape[1]):
-                w = W[i, j]
-                a0 += w * x[b, j]
-                a1 += w * x[b + 1, j]
-                a2 += w * x[b + 2, j]
-                a3 += w * x[b + 3, j]
-            out[b, i], out[b + 1, i] = a0 + bias[i], a1 + bias[i]
-            out[b + 2, i], out[b + 3, i] = a2 + bias[i], a3 + bias[i]
-        b += 4
-    for r in range(b, B):
+    Batch 1: a loop over W's rows, each a vectorized dot product, streaming W from the cache once; a
+    few % faster than a BLAS call at this size. Batch >= 2: one register-blocked sgemm (scipy's
+    OpenBLAS through numba), where a loop would stream W once per row."""
+    if blas:
+        np.dot(x, W, out)
+        for b in range(out.shape[0]):
+            for i in range(out.shape[1]):
+                out[b, i] += bias[i]
+        return
+    for b in range(x.shape[0]):
         for i in range(W.shape[0]):
             acc = np.float32(0.0)
             for j in range(W.shape[1]):
-                acc += W[i, j] * x[r, j]
-            out[r, i] = acc + bias[i]
+                acc += W[i, j] * x[b, j]
+            out[b, i] = acc + bias[i]
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -200,7 +204,7 @@ def g(x):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def backbone_step(P, L, kind, n_layers, relu, x, S, write, y):
+def backbone_step(P, L, blas, kind, n_layers, relu, x, S, write, y):
     """One backbone step on tokens x (B, E) from state S; S[.., b] is updated only where write[b]."""
     B, E = x.shape
     k = 11
@@ -210,8 +214,8 @@ def backbone_step(P, L, kind, n_layers, relu, x, S, write, y):
         if kind <= 1:  # minGRU / minLSTM: h_t = a * h_{t-1} + b
             W_in = mat(P, L, k + 2)
             H = S.shape[2]
-            proj = np.empty((B, W_in.shape[0]), np.float32)
-            linear(W_in, vec(P, L, k + 3), h, proj)
+            proj = np.empty((B, W_in.shape[1 if blas else 0]), np.float32)
+            linear(W_in, vec(P, L, k + 3), h, proj, blas)
             hid = np.empty((B, H), np.float32)
             for b in range(B):
                 for j in range(H):
@@ -225,12 +229,12 @@ def backbone_step(P, L, kind, n_layers, relu, x, S, write, y):
                     if write[b]:
                         S[layer, b, j] = new
             mix = np.empty((B, E), np.float32)
-            linear(mat(P, L, k + 4), vec(P, L, k + 5), hid, mix)
+            linear(mat(P, L, k + 4), vec(P, L, k + 5), hid, mix, blas)
         else:  # LRU: h = lambda * h + gamma B x (complex), y = Re(C h) + D x
             lam = vec(P, L, k + 2)
             N = lam.shape[0] // 2
             u = np.empty((B, 2 * N), np.float32)
-            linear(mat(P, L, k + 3), np.zeros(2 * N, np.float32), h, u)
+            linear(mat(P, L, k + 3), np.zeros(2 * N, np.float32), h, u, blas)
             hid = np.empty((B, 2 * N), np.float32)
             for b in range(B):
                 for j in range(N):
@@ -242,15 +246,15 @@ def backbone_step(P, L, kind, n_layers, relu, x, S, write, y):
                         S[2 * layer, b, j], S[2 * layer + 1, b, j] = new_re, new_im
             D = vec(P, L, k + 5)
             mix = np.empty((B, E), np.float32)
-            linear(mat(P, L, k + 4), np.zeros(E, np.float32), hid, mix)
+            linear(mat(P, L, k + 4), np.zeros(E, np.float32), hid, mix, blas)
             for b in range(B):
                 for j in range(E):
                     mix[b, j] += D[j] * h[b, j]
         x = x + mix
         layer_norm(x, vec(P, L, k + 6), vec(P, L, k + 7), h)
         W_fc = mat(P, L, k + 8)
-        inner = np.empty((B, W_fc.shape[0]), np.float32)
-        linear(W_fc, vec(P, L, k + 9), h, inner)
+        inner = np.empty((B, W_fc.shape[1 if blas else 0]), np.float32)
+        linear(W_fc, vec(P, L, k + 9), h, inner, blas)
         for b in range(B):
             for j in range(inner.shape[1]):
                 v = inner[b, j]
@@ -259,7 +263,7 @@ def backbone_step(P, L, kind, n_layers, relu, x, S, write, y):
                 else:
                     inner[b, j] = np.float32(0.5) * v * (np.float32(1.0) + erf(v * np.float32(0.7071067811865476)))
         out = np.empty((B, E), np.float32)
-        linear(mat(P, L, k + 10), vec(P, L, k + 11), inner, out)
+        linear(mat(P, L, k + 10), vec(P, L, k + 11), inner, out, blas)
         x = x + out
         k += 12
     layer_norm(x, vec(P, L, k), vec(P, L, k + 1), y)
@@ -274,7 +278,7 @@ def embed_finish(P, L, token):
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, action):
+def step(P, L, blas, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, action):
     B = obs.shape[0]
     time_table = mat(P, L, 2)
     E = time_table.shape[1]
@@ -287,9 +291,9 @@ def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, actio
         for j in range(obs.shape[1]):
             norm_obs[b, j] = (obs[b, j] - mean[j]) * inv_std[j]
     s_emb = np.empty((B, E), np.float32)
-    linear(mat(P, L, 5), vec(P, L, 6), norm_obs, s_emb)
+    linear(mat(P, L, 5), vec(P, L, 6), norm_obs, s_emb, blas)
     a_emb = np.empty((B, E), np.float32)
-    linear(mat(P, L, 7), vec(P, L, 8), prev, a_emb)
+    linear(mat(P, L, 7), vec(P, L, 8), prev, a_emb, blas)
     r_emb = np.empty((B, E), np.float32)
     for b in range(B):
         r = np.float32(rtg[b] * scalars[0])
@@ -305,15 +309,15 @@ def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, actio
             tp = min(max(t[b] - 1, 0), max_t)
             for j in range(E):
                 tok[b, j] = a_emb[b, j] + time_table[tp, j]
-        backbone_step(P, L, kind, n_layers, relu, embed_finish(P, L, tok), S, later, y)
+        backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, later, y)
         for b in range(B):
             for j in range(E):
                 tok[b, j] = r_emb[b, j] + time_table[ts[b], j]
-        backbone_step(P, L, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
+        backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
         for b in range(B):
             for j in range(E):
                 tok[b, j] = s_emb[b, j] + time_table[ts[b], j]
-        k = backbone_step(P, L, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
+        k = backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
     else:
         tok = np.empty((B, E), np.float32)
         b_a = vec(P, L, 8)
@@ -321,8 +325,8 @@ def step(P, L, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, actio
             for j in range(E):
                 a = a_emb[b, j] if t[b] > 0 else b_a[j]  # a_{-1} = 0: only the bias
                 tok[b, j] = s_emb[b, j] + r_emb[b, j] + a + time_table[ts[b], j]
-        k = backbone_step(P, L, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
-    linear(mat(P, L, k), vec(P, L, k + 1), y, action)
+        k = backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
+    linear(mat(P, L, k), vec(P, L, k + 1), y, action, blas)
     for b in range(B):
         for j in range(action.shape[1]):
             action[b, j] = np.tanh(action[b, j])

@@ -24,15 +24,16 @@ def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0, activation=
 
 @pytest.mark.parametrize(("tokens", "activation"), [("compact", "gelu"), ("interleaved", "gelu"), ("compact", "relu")])
 @pytest.mark.parametrize("backbone", RECURRENT)
-def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens, activation):
+@pytest.mark.parametrize("B", [1, 6])  # batch 1: the row loop; batch >= 2: BLAS on the transposed weights
+def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens, activation, B):
     model = random_model(backbone, tokens, activation=activation)
     fused = FusedStep(model)
-    B, T = 6, 300  # past max_timestep=50: the timestep clamp is exercised too; batch: 4-row blocks + rest
+    T = 300  # past max_timestep=50: the timestep clamp is exercised too
     rng = np.random.default_rng(0)
     state, fstate = model.initial_state(B), fused.initial_state(B)
     prev = np.zeros((B, 3), np.float32)
-    rtg = np.array([3600.0, 100.0, -50.0, 2000.0, 0.0, 10.0], np.float32)
-    t = np.array([0, 7, 0, 3, 0, 12], np.int64)  # batch elements at different points of their episodes
+    rtg = np.array([3600.0, 100.0, -50.0, 2000.0, 0.0, 10.0], np.float32)[:B]
+    t = np.array([7, 0, 0, 3, 0, 12], np.int64)[:B]  # batch elements at different points of their episodes
     worst = 0.0
     for _ in range(T):
         obs = rng.standard_normal((B, 11)).astype(np.float32) * 3
