@@ -67,3 +67,16 @@ def test_fused_runtime_rejects_the_transformer_and_a_gpu():
         FusedStep(DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone="transformer")))
     with pytest.raises(ValueError, match="runs on the CPU"):
         Policy(model, runtime="fused", device="cuda")
+
+
+def test_vectorized_exp_is_accurate_on_the_nonpositive_half_line():
+    from decision_rnn.fused import exp_nonpositive
+
+    x = np.concatenate([-np.logspace(-8, np.log10(80), 20_000), [0.0, -1e4, -np.inf]]).astype(np.float32)
+    out = x.copy()
+    exp_nonpositive(out)
+    exact = np.exp(x.astype(np.float64))
+    body = x > -80
+    np.testing.assert_allclose(out[body], exact[body], rtol=3e-7, atol=0)
+    assert out[x == 0] == 1.0
+    assert np.all((out[~body] >= 0) & (out[~body] < 1e-34))  # far tail: tiny, never negative or NaN
