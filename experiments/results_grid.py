@@ -248,7 +248,9 @@ def write_report(frame, protocol):
     contexts = ", ".join(f"{a} {agent_context(a)}" for a in agents)
     lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
              f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes. Context: {contexts}.",
-             "", *table, "", *goal_check(stats, agents)]
+             "", *table, "", *goal_check(stats, agents), "",
+             "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
+             *paired(now, "mingru", "d3rlpy-dt"), *paired(now, "mingru", "transformer")]
     earlier = frame.drop(now.index)
     label = earlier.agent + " (" + earlier.context + ", v" + versions(earlier).astype(str) + ")"
     earlier = earlier.assign(column=label)
@@ -279,6 +281,19 @@ def goal_check(stats, agents):
         level = (t[a] >= t["transformer"]).sum()
         lines.append(f"- {a} ≥ our transformer: on {level} of {len(complete)} dataset(s)")
     return lines
+
+
+def paired(frame: pd.DataFrame, a: str, b: str) -> list[str]:
+    """`a` - `b` per dataset over the seeds both have run, their average, and how many seed pairs `a` wins."""
+    wide = frame[frame.agent.isin([a, b])].pivot_table(index=["dataset", "seed"], columns="agent", values="score")
+    if a not in wide or b not in wide or wide.dropna().empty:
+        return [f"- {a} − {b}: no seed both have run"]
+    diff = (wide[a] - wide[b]).dropna()
+    per = diff.groupby(level="dataset").agg(["mean", "count"])
+    order = [d for d in DATASETS if d in per.index]
+    cells = ", ".join(f"{d} {per.loc[d, 'mean']:+.1f} (n={int(per.loc[d, 'count'])})" for d in order)
+    return [f"- {a} − {b}: {cells}; average over datasets {per['mean'].mean():+.1f}; "
+            f"{a} higher in {int((diff > 0).sum())} of {len(diff)} seed pairs"]
 
 
 if __name__ == "__main__":

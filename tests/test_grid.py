@@ -52,6 +52,17 @@ def test_goal_check_compares_the_best_recurrent_agent_with_d3rlpy(grid):
     assert "lru ≥ our transformer: on 0 of 2" in lines
 
 
+def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
+    rows = [("hopper-medium", "mingru", 0, 60), ("hopper-medium", "mingru", 1, 50), ("hopper-medium", "mingru", 2, 40),
+            ("hopper-medium", "d3rlpy-dt", 0, 50), ("hopper-medium", "d3rlpy-dt", 2, 50),  # no seed 1
+            ("walker2d-mixed", "mingru", 0, 10), ("walker2d-mixed", "d3rlpy-dt", 0, 30)]
+    frame = pd.DataFrame(rows, columns=["dataset", "agent", "seed", "score"])
+    (line,) = grid.paired(frame, "mingru", "d3rlpy-dt")
+    assert "hopper-medium +0.0 (n=2), walker2d-mixed -20.0 (n=1)" in line  # (10 - 10) / 2; seed 1 unpaired
+    assert "average over datasets -10.0" in line and "higher in 1 of 3 seed pairs" in line
+    assert grid.paired(frame, "mingru", "lru") == ["- mingru − lru: no seed both have run"]
+
+
 def test_sync_readme_replaces_each_block_with_its_file_and_keeps_the_rest(tmp_path):
     spec = importlib.util.spec_from_file_location("sync_readme", EXPERIMENTS / "sync_readme.py")
     sync_readme = importlib.util.module_from_spec(spec)
