@@ -250,7 +250,7 @@ def write_report(frame, protocol):
              f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes. Context: {contexts}.",
              "", *table, "", *goal_check(stats, agents), "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
-             *paired(now, "mingru", "d3rlpy-dt"), *paired(now, "mingru", "transformer")]
+             *paired(now, "mingru", "d3rlpy-dt"), *paired(now, "mingru", "transformer"), "", noise(now, stats)]
     earlier = frame.drop(now.index)
     label = earlier.agent + " (" + earlier.context + ", v" + versions(earlier).astype(str) + ")"
     earlier = earlier.assign(column=label)
@@ -281,6 +281,15 @@ def goal_check(stats, agents):
         level = (t[a] >= t["transformer"]).sum()
         lines.append(f"- {a} ≥ our transformer: on {level} of {len(complete)} dataset(s)")
     return lines
+
+
+def noise(frame: pd.DataFrame, stats: pd.DataFrame) -> str:
+    """The two noise sources side by side: one run's evaluation (its episodes' spread) and seed to seed."""
+    evaluation = (frame.score_std_episodes / np.sqrt(frame.episodes)).median()
+    seeds = stats[stats.n >= 2]["std"]
+    across = f"{seeds.median():.1f} (median over the {len(seeds)} cells with ≥ 2 seeds)" if len(seeds) else "—"
+    return (f"Noise: standard error of one run's {int(frame.episodes.median())}-episode mean {evaluation:.1f} "
+            f"(median over runs); std of a cell's score across seeds {across}.")
 
 
 def paired(frame: pd.DataFrame, a: str, b: str) -> list[str]:

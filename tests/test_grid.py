@@ -115,3 +115,11 @@ def test_context_report_counts_each_run_once_grid_first(grid, tmp_path):
     assert "| dataset | episode v1 | window v1 |" in text
     assert "| hopper-medium | 66.0 | — |" in text
     assert "| hopper-mixed | — | **60.0** (50.0, 70.0) |" in text
+
+
+def test_noise_line_reports_evaluation_and_seed_spread(grid):
+    frame = pd.DataFrame({"dataset": ["x"] * 3, "agent": ["mingru"] * 3, "seed": [0, 1, 2], "score": [10.0, 20.0, 30.0],
+                          "score_std_episodes": [10.0, 20.0, 30.0], "episodes": [100] * 3, "train_wall_s": [1.0] * 3})
+    stats = frame.groupby(["dataset", "agent"]).agg(mean=("score", "mean"), std=("score", "std"), n=("score", "count"))
+    line = grid.noise(frame, stats)
+    assert "100-episode mean 2.0" in line and "across seeds 10.0 (median over the 1 cells" in line
