@@ -86,6 +86,9 @@ class TrainConfig:
     """AdamW weight decay. DT: 1e-4."""
     warmup_steps: int = 10_000
     """Linear warm-up of the learning rate. DT: warmup_steps=10000."""
+    lr_decay: Literal["none", "cosine"] = "none"
+    """After the warm-up: `none` keeps the rate (DT), `cosine` lowers it to lr / 10 at the last update
+    (nanoGPT's schedule), so the last checkpoint is not taken mid-stride at the full rate."""
     grad_clip: float = 0.25
     """Global gradient-norm clip. DT trainer.py: 0.25."""
     seed: int = 0
@@ -136,6 +139,8 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
         raise ValueError(f"obs_dim and act_dim must be positive, got {model.obs_dim}, {model.act_dim}")
     if train is not None and train.context not in (*CONTEXTS, None):
         raise ValueError(f"context must be one of {CONTEXTS}, got {train.context!r}")
+    if train is not None and train.lr_decay not in ("none", "cosine"):
+        raise ValueError(f"lr_decay must be 'none' or 'cosine', got {train.lr_decay!r}")
     if train is not None and train.context == "stream" and model.backbone == "transformer":
         raise ValueError("context 'stream' carries a recurrent state between chunks; the transformer has a "
                          "window, not a state: use context 'window' for it")

@@ -26,6 +26,9 @@ does differently:
 - `stream-context` (recurrent agents): 64 streams walking whole episodes in consecutive K-step chunks, the
   state carried from chunk to chunk (truncated BPTT): a window batch's variety and cost, with the
   rollout's state (`TrainConfig.context`).
+- `cosine-decay`: not from d3rlpy (it keeps the rate, as DT does) but a guard against the last-checkpoint
+  swings the learning curves show: the rate falls from 1e-3 to 1e-4 over the updates after the warm-up
+  (`TrainConfig.lr_decay`).
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
@@ -52,6 +55,7 @@ VARIANTS = {
                        "timestep_init_std": 0.02}, {"grad_clip": 0.25 / 3, "context": "window", "window_align": "end"}),
     "window-context": ({}, {"context": "window"}),
     "stream-context": ({}, {"context": "stream"}),
+    "cosine-decay": ({}, {"lr_decay": "cosine"}),
 }
 
 

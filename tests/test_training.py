@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from decision_rnn import ModelConfig, TrainConfig
+from decision_rnn.config import validate
 from decision_rnn.training import CheckpointError, Trainer, build_model, load_model, save_checkpoint, train
 from decision_rnn.training import checkpoint as ckpt_mod
 
@@ -57,6 +58,30 @@ def test_resume_reproduces_uninterrupted_run(embedded, tmp_path, context):
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), f"{k} differs after resume"
     assert read_losses(tmp_path / "full") == read_losses(tmp_path / "split")
+
+
+def test_resume_after_an_interruption_keeps_the_cosine_schedule(embedded, tmp_path, monkeypatch):
+    model_cfg, cfg = small_configs(embedded, 30, checkpoint_every=10, lr_decay="cosine")
+    train(embedded, model_cfg, cfg, tmp_path / "full", progress=False)
+    real_update = Trainer.update
+
+    def crash_after_20(self):
+        if self.step == 20:
+            raise KeyboardInterrupt
+        return real_update(self)
+
+    monkeypatch.setattr(Trainer, "update", crash_after_20)
+    with pytest.raises(KeyboardInterrupt):
+        train(embedded, model_cfg, cfg, tmp_path / "split", progress=False)
+    monkeypatch.undo()
+    train(embedded, model_cfg, cfg, tmp_path / "split", resume=True, progress=False)
+    a, _ = load_model(tmp_path / "full")
+    b, _ = load_model(tmp_path / "split")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), f"{k} differs after resume"
+    with open(tmp_path / "split" / "log.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert lrs[-1] == pytest.approx(1e-4) and lrs[15] > lrs[25]  # decayed to lr / 10 at the last update
 
 
 def test_resume_before_the_first_checkpoint_starts_clean_logs(embedded, tmp_path):
@@ -131,6 +156,22 @@ def test_trainer_rejects_bad_context(embedded, tmp_path):
     model_cfg.backbone = "transformer"
     with pytest.raises(ValueError, match="transformer has a window, not a state"):
         Trainer(build_model(embedded, model_cfg), embedded, train_cfg, tmp_path)
+
+
+def test_lr_schedule_warms_up_then_holds_or_decays_to_a_tenth():
+    from decision_rnn.training.trainer import lr_factor
+
+    hold = TrainConfig(steps=100, warmup_steps=10)
+    cosine = TrainConfig(steps=100, warmup_steps=10, lr_decay="cosine")
+    for cfg in (hold, cosine):
+        assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert [lr_factor(hold, s) for s in (10, 50, 99)] == [1.0, 1.0, 1.0]
+    decayed = [lr_factor(cosine, s) for s in range(10, 100)]
+    assert decayed[0] == pytest.approx(1.0) and decayed[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(decayed, decayed[1:]))  # monotone down
+    assert lr_factor(cosine, 54) == pytest.approx(0.55, abs=0.01)  # half-way: the cosine's midpoint
+    with pytest.raises(ValueError, match="lr_decay must be"):
+        validate(ModelConfig(obs_dim=1, act_dim=1), TrainConfig(lr_decay="linear"))
 
 
 def test_run_config_is_self_describing(embedded, tmp_path):

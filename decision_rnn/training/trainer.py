@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,16 @@ def _tensorboard_writer(path: Path):
     return SummaryWriter(str(path))
 
 
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The learning rate at update `step` (0-based) over `config.lr`: DT's linear warm-up, then constant
+    or (`lr_decay="cosine"`) a half cosine from 1 down to 0.1 at the last update."""
+    warmup = max(config.warmup_steps, 1)
+    if step < warmup or config.lr_decay == "none":
+        return min((step + 1) / warmup, 1.0)
+    progress = min((step - warmup) / max(config.steps - 1 - warmup, 1), 1.0)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class Trainer:
     """Runs `config.steps` AdamW updates of `model.loss`, logging and checkpointing into `run_dir`."""
 
@@ -95,10 +106,7 @@ class Trainer:
         self.sampler = make_sampler(dataset, model, config, self.device)
         self._stream = isinstance(self.sampler, StreamSampler)  # carries the backbone state between updates
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        warmup = max(config.warmup_steps, 1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min((s + 1) / warmup, 1.0)  # DT's linear warm-up
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, config))
         self.step = 0
         self._tensorboard = None
         # compile the loss itself: `torch.compile(model).loss` would run the uncompiled module
