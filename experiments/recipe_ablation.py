@@ -66,7 +66,13 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--report", action="store_true", help="only rewrite the markdown from the CSV")
     args = p.parse_args()
+    path = ROOT / "results" / "recipe_ablation_cpu"
+    if args.report:
+        path.with_suffix(".md").write_text(report(pd.read_csv(path.with_suffix(".csv")), args.episodes))
+        print(path.with_suffix(".md").read_text())
+        return
     torch.set_num_threads(1)
     key = {"dataset": args.dataset, "agent": args.agent, "seed": args.seed}
     grid = pd.read_csv(ROOT / "results" / "grid_cpu_curves.csv")
@@ -84,7 +90,6 @@ def main():
         rows += [{"variant": name, "version": CODE_VERSION, **c}
                  for c in our_curves(out, args.seed, args.episodes, "cpu", final)]
     frame = pd.DataFrame(rows).assign(**key)
-    path = ROOT / "results" / "recipe_ablation_cpu"
     with locked(path.with_suffix(".csv")):  # several ablations may run at once
         if path.with_suffix(".csv").exists():  # keep every other run: other variants, agents, datasets, seeds
             old = pd.read_csv(path.with_suffix(".csv"))
@@ -96,10 +101,29 @@ def main():
     print(path.with_suffix(".md").read_text())
 
 
+def against_grid(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each current-version variant's last-checkpoint score minus the grid's window run of the same
+    (agent, dataset, seed): paired differences, their mean and how many are positive."""
+    curve = frame[(frame.kind == "curve") & (versions(frame) == CODE_VERSION)]
+    key = ["agent", "dataset", "seed", "variant"]
+    last = curve.loc[curve.groupby(key).x.idxmax()].set_index(key).score
+    base = last.xs("grid run (window context)", level="variant")
+    diff = (last.drop("grid run (window context)", level="variant") - base).dropna()
+    if diff.empty:
+        return pd.DataFrame(columns=["variant", "pairs", "mean difference", "higher in"])
+    by = diff.groupby(level="variant")
+    wins = by.apply(lambda d: (d > 0).sum())
+    return pd.DataFrame({"pairs": by.size(), "mean difference": by.mean(), "higher in": wins}).reset_index()
+
+
 def report(frame: pd.DataFrame, episodes: int) -> str:
-    """One table per (agent, dataset, seed): scores at the checkpoints and at four target returns."""
+    """A paired summary against the grid's runs, then one table per (agent, dataset, seed): scores at the
+    checkpoints and at four target returns."""
+    summary = against_grid(frame)
     parts = [f"# Recipe ablation, CPU protocol, {episodes} episodes per score\n\n[vN]: the code version a run was "
-             "trained with (`CODE_VERSION` in experiments/results_grid.py)"]
+             "trained with (`CODE_VERSION` in experiments/results_grid.py)",
+             f"**Against the grid's window run of the same agent, dataset and seed** (code v{CODE_VERSION}, last "
+             f"checkpoint; difference in normalized score)\n\n{summary.to_markdown(index=False, floatfmt='.1f')}"]
     frame = frame.assign(variant=frame.variant + " [v" + versions(frame).astype(str) + "]")
     for (agent, dataset, seed), group in frame.groupby(["agent", "dataset", "seed"], sort=False):
         curve = group[group.kind == "curve"].pivot(index="variant", columns="x", values="score")

@@ -123,3 +123,19 @@ def test_noise_line_reports_evaluation_and_seed_spread(grid):
     stats = frame.groupby(["dataset", "agent"]).agg(mean=("score", "mean"), std=("score", "std"), n=("score", "count"))
     line = grid.noise(frame, stats)
     assert "100-episode mean 2.0" in line and "across seeds 10.0 (median over the 1 cells" in line
+
+
+def test_recipe_ablation_summary_pairs_each_variant_with_the_grid_run_of_its_seed(grid):
+    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    v = grid.CODE_VERSION
+    rows = [("grid run (window context)", 0, 2000, 90.0, v), ("grid run (window context)", 0, 3000, 40.0, v),
+            ("grid run (window context)", 1, 3000, 60.0, v), ("grid run (window context)", 0, 3000, 5.0, v - 1),
+            ("cosine-decay", 0, 3000, 50.0, v), ("cosine-decay", 1, 3000, 55.0, v),
+            ("relu", 0, 3000, 99.0, v - 1)]  # an older version: not summarised
+    frame = pd.DataFrame([{"variant": n, "seed": s, "kind": "curve", "x": x, "score": sc, "version": ver,
+                           "agent": "mingru", "dataset": "hopper-mixed"} for n, s, x, sc, ver in rows])
+    summary = ablation.against_grid(frame).set_index("variant")
+    assert list(summary.index) == ["cosine-decay"]
+    assert summary.loc["cosine-decay"].tolist() == [2, 2.5, 1]  # (+10, -5): last checkpoints, same seeds
