@@ -80,6 +80,11 @@ class Policy:
     def env_id(self) -> str | None:
         return self.meta.get("env_id")
 
+    @property
+    def steps(self) -> int:
+        """Number of `act` calls since the last `reset` (every batch element is at the same step)."""
+        return 0 if self.batch_size is None else int(self._timestep[0])
+
     def reset(self, target_return: float, batch_size: int = 1) -> None:
         """Start new episode(s) conditioned on `target_return` (a float or one per batch element)."""
         if batch_size < 1:
@@ -97,15 +102,13 @@ class Policy:
         self._rtg = target.copy()
         self._prev_action = np.zeros((batch_size, self.act_dim), np.float32)
         self._timestep = np.zeros(batch_size, np.int64)
-        self.steps = 0
-        """Number of `act` calls since the last `reset`."""
 
     def act(self, obs, reward=None) -> np.ndarray:
         """Action for `obs` ((obs_dim,) or (batch, obs_dim)); `reward`: received since the previous act."""
         if self.batch_size is None:
             raise RuntimeError("call policy.reset(target_return) before policy.act(obs)")
         obs_b = self._as_batch(obs, "obs", self.obs_dim)
-        if self.steps > 0:
+        if self._timestep[0] > 0:
             if reward is None:
                 raise ValueError(
                     "act() after the first step needs the reward received since the previous act "
@@ -117,7 +120,6 @@ class Policy:
         action, self._state = self._step(obs_b, self._prev_action, self._rtg, self._timestep, self._state)
         self._prev_action = action
         self._timestep += 1
-        self.steps += 1
         return action[0] if np.ndim(obs) == 1 else action
 
     @torch.inference_mode()
@@ -131,8 +133,8 @@ class Policy:
     def _as_batch(self, value, name: str, dim: int | None) -> np.ndarray:
         """`value` as a float32 (batch, dim) array ((batch,) if dim is None), or a clear error.
 
-        The common cases (a float array of the right shape, a Python float) take a fast path: at batch 1
-        the checks are a sizeable part of a ~60 µs step."""
+        Kept cheap (a Python-float reward skips numpy; one reduction decides finiteness): at batch 1 the
+        checks are a sizeable part of a ~60 µs step."""
         if type(value) is float and dim is None:  # a reward from env.step
             if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
                 raise ValueError(f"{name} contains NaN or inf (or values beyond float32's range): {value}")
