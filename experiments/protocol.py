@@ -2,7 +2,11 @@
 
 - `paper`: the Decision Transformer's 100k updates, lr 1e-4, 10k warm-up (GPU machines).
 - `cpu`: what fits 2 CPU cores — a few thousand updates, so a 10x larger learning rate and a
-  warm-up of 10% of the updates. Everything else (model size, batch, clip, dropout) is DT's.
+  warm-up of 10% of the updates. Since code v3 two changes against the short budget's swings, both
+  measured in results/recipe_ablation_cpu.md before adoption: the rate decays (cosine, to lr / 10) so
+  the last checkpoint is not taken at the full rate, and windows end at a drawn step (d3rlpy's
+  slicer) so an episode's first K steps are trained as often as the rest. Everything else (model size,
+  batch, clip, dropout) is DT's; d3rlpy's DT keeps its own reproduction config.
 Every number in results/ says which protocol and device produced it.
 """
 
@@ -22,7 +26,8 @@ from decision_rnn.training import train
 
 PROTOCOLS = {
     "paper": TrainConfig(),
-    "cpu": TrainConfig(steps=3000, lr=1e-3, warmup_steps=300, episode_batch_size=4, checkpoint_every=1000),
+    "cpu": TrainConfig(steps=3000, lr=1e-3, warmup_steps=300, lr_decay="cosine", window_align="end",
+                      episode_batch_size=4, checkpoint_every=1000),
 }
 
 

@@ -29,6 +29,8 @@ does differently:
 - `cosine-decay`: not from d3rlpy (it keeps the rate, as DT does) but a guard against the last-checkpoint
   swings the learning curves show: the rate falls from 1e-3 to 1e-4 over the updates after the warm-up
   (`TrainConfig.lr_decay`).
+`window-align-end` and `cosine-decay` won against code v2's grid and joined the CPU protocol in v3, where
+they change nothing: their rows are v2's.
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
@@ -102,18 +104,19 @@ def main():
 
 
 def against_grid(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each current-version variant's last-checkpoint score minus the grid's window run of the same
-    (agent, dataset, seed): paired differences, their mean and how many are positive."""
-    curve = frame[(frame.kind == "curve") & (versions(frame) == CODE_VERSION)]
-    key = ["agent", "dataset", "seed", "variant"]
+    """Each variant's last-checkpoint score minus the grid's window run of the same (code version, agent,
+    dataset, seed): paired differences, their mean and how many are positive, per version and variant."""
+    curve = frame[frame.kind == "curve"].assign(version=versions(frame))
+    key = ["version", "agent", "dataset", "seed", "variant"]
     last = curve.loc[curve.groupby(key).x.idxmax()].set_index(key).score
-    base = last.xs("grid run (window context)", level="variant")
-    diff = (last.drop("grid run (window context)", level="variant") - base).dropna()
-    if diff.empty:
-        return pd.DataFrame(columns=["variant", "pairs", "mean difference", "higher in"])
-    by = diff.groupby(level="variant")
+    grid_run = "grid run (window context)"
+    if grid_run not in set(last.index.get_level_values("variant")):
+        return pd.DataFrame(columns=["version", "variant", "pairs", "mean difference", "higher in"])
+    diff = (last.drop(grid_run, level="variant") - last.xs(grid_run, level="variant")).dropna()
+    by = diff.groupby(level=["version", "variant"])
     wins = by.apply(lambda d: (d > 0).sum())
-    return pd.DataFrame({"pairs": by.size(), "mean difference": by.mean(), "higher in": wins}).reset_index()
+    summary = pd.DataFrame({"pairs": by.size(), "mean difference": by.mean(), "higher in": wins}).reset_index()
+    return summary.sort_values(["version", "variant"], ascending=[False, True], ignore_index=True)
 
 
 def report(frame: pd.DataFrame, episodes: int) -> str:
@@ -122,7 +125,7 @@ def report(frame: pd.DataFrame, episodes: int) -> str:
     summary = against_grid(frame)
     parts = [f"# Recipe ablation, CPU protocol, {episodes} episodes per score\n\n[vN]: the code version a run was "
              "trained with (`CODE_VERSION` in experiments/results_grid.py)",
-             f"**Against the grid's window run of the same agent, dataset and seed** (code v{CODE_VERSION}, last "
+             "**Against the grid's window run of the same code version, agent, dataset and seed** (last "
              f"checkpoint; difference in normalized score)\n\n{summary.to_markdown(index=False, floatfmt='.1f')}"]
     frame = frame.assign(variant=frame.variant + " [v" + versions(frame).astype(str) + "]")
     for (agent, dataset, seed), group in frame.groupby(["agent", "dataset", "seed"], sort=False):

@@ -50,10 +50,12 @@ AGENTS = ["mingru", "minlstm", "lru", "transformer", "d3rlpy-dt"]
 SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
 
 
-CODE_VERSION = 2
-"""Our agents' training code, as far as it changes grid scores. 1: a window that starts mid-episode fed
-a zero previous action to its first step (compact tokens). 2 (commit 2cb0dfc): batches carry the true
-previous action. A cell is done only by a row of the current version (d3rlpy's rows: any version)."""
+CODE_VERSION = 3
+"""Our agents' training code and protocol, as far as they change grid scores. 1: a window that starts
+mid-episode fed a zero previous action to its first step (compact tokens). 2 (commit 2cb0dfc): batches
+carry the true previous action. 3: the CPU protocol decays the rate (cosine) and end-aligns windows
+(experiments/protocol.py). A cell is done only by a row of the current version (d3rlpy's rows: any
+version)."""
 
 
 def agent_context(agent: str) -> str:
@@ -250,7 +252,8 @@ def write_report(frame, protocol):
              f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes. Context: {contexts}.",
              "", *table, "", *goal_check(stats, agents), "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
-             *paired(now, "mingru", "d3rlpy-dt"), *paired(now, "mingru", "transformer"), "", noise(now, stats)]
+             *paired(now, "mingru", "d3rlpy-dt"), *paired(now, "mingru", "transformer"), *against_previous(frame),
+             "", noise(now, stats)]
     earlier = frame.drop(now.index)
     label = earlier.agent + " (" + earlier.context + ", v" + versions(earlier).astype(str) + ")"
     earlier = earlier.assign(column=label)
@@ -290,6 +293,17 @@ def noise(frame: pd.DataFrame, stats: pd.DataFrame) -> str:
     across = f"{seeds.median():.1f} (median over the {len(seeds)} cells with ≥ 2 seeds)" if len(seeds) else "—"
     return (f"Noise: standard error of one run's {int(frame.episodes.median())}-episode mean {evaluation:.1f} "
             f"(median over runs); std of a cell's score across seeds {across}.")
+
+
+def against_previous(frame: pd.DataFrame) -> list[str]:
+    """Paired lines, current code version minus the one before, for each of our agents that has both."""
+    previous = frame[(frame.context == frame.agent.map(agent_context)) & (frame.agent != "d3rlpy-dt")
+                     & (versions(frame) == CODE_VERSION - 1)]
+    now = current(frame)
+    both = pd.concat([now.assign(agent=now.agent + f" v{CODE_VERSION}"),
+                      previous.assign(agent=previous.agent + f" v{CODE_VERSION - 1}")])
+    return [line for agent in AGENTS if agent != "d3rlpy-dt" and {agent} <= set(now.agent) & set(previous.agent)
+            for line in paired(both, f"{agent} v{CODE_VERSION}", f"{agent} v{CODE_VERSION - 1}")]
 
 
 def paired(frame: pd.DataFrame, a: str, b: str) -> list[str]:

@@ -63,6 +63,19 @@ def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
     assert grid.paired(frame, "mingru", "lru") == ["- mingru − lru: no seed both have run"]
 
 
+def test_against_previous_pairs_each_agent_with_its_last_code_version_in_the_same_context(grid):
+    v = grid.CODE_VERSION
+    rows = [("mingru", "window", v, 0, 70), ("mingru", "window", v, 1, 40), ("mingru", "window", v - 1, 0, 50),
+            ("mingru", "window", v - 1, 1, 60), ("mingru", "episode", v - 1, 0, 0),  # another context: ignored
+            ("mingru", "window", v - 2, 0, 0),  # older than the previous version: ignored
+            ("lru", "window", v, 0, 10),  # no previous version: no line
+            ("d3rlpy-dt", "window", v - 1, 0, 80), ("d3rlpy-dt", "window", v, 0, 90)]  # not ours: no line
+    frame = pd.DataFrame(rows, columns=["agent", "context", "version", "seed", "score"]).assign(dataset="hopper-medium")
+    (line,) = grid.against_previous(frame)
+    assert line.startswith(f"- mingru v{v} − mingru v{v - 1}: hopper-medium +0.0 (n=2)")  # (+20 - 20) / 2
+    assert "higher in 1 of 2 seed pairs" in line
+
+
 def test_sync_readme_replaces_each_block_with_its_file_and_keeps_the_rest(tmp_path):
     spec = importlib.util.spec_from_file_location("sync_readme", EXPERIMENTS / "sync_readme.py")
     sync_readme = importlib.util.module_from_spec(spec)
@@ -133,9 +146,10 @@ def test_recipe_ablation_summary_pairs_each_variant_with_the_grid_run_of_its_see
     rows = [("grid run (window context)", 0, 2000, 90.0, v), ("grid run (window context)", 0, 3000, 40.0, v),
             ("grid run (window context)", 1, 3000, 60.0, v), ("grid run (window context)", 0, 3000, 5.0, v - 1),
             ("cosine-decay", 0, 3000, 50.0, v), ("cosine-decay", 1, 3000, 55.0, v),
-            ("relu", 0, 3000, 99.0, v - 1)]  # an older version: not summarised
+            ("relu", 0, 3000, 99.0, v - 1)]  # an older version: against that version's grid run
     frame = pd.DataFrame([{"variant": n, "seed": s, "kind": "curve", "x": x, "score": sc, "version": ver,
                            "agent": "mingru", "dataset": "hopper-mixed"} for n, s, x, sc, ver in rows])
-    summary = ablation.against_grid(frame).set_index("variant")
-    assert list(summary.index) == ["cosine-decay"]
-    assert summary.loc["cosine-decay"].tolist() == [2, 2.5, 1]  # (+10, -5): last checkpoints, same seeds
+    summary = ablation.against_grid(frame).set_index(["version", "variant"])
+    assert list(summary.index) == [(v, "cosine-decay"), (v - 1, "relu")]  # newest version first
+    assert summary.loc[(v, "cosine-decay")].tolist() == [2, 2.5, 1]  # (+10, -5): last checkpoints, same seeds
+    assert summary.loc[(v - 1, "relu")].tolist() == [1, 94.0, 1]
