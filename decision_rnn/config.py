@@ -89,6 +89,11 @@ class TrainConfig:
     lr_decay: Literal["none", "cosine"] = "none"
     """After the warm-up: `none` keeps the rate (DT), `cosine` lowers it to lr / 10 at the last update
     (nanoGPT's schedule), so the last checkpoint is not taken mid-stride at the full rate."""
+    ema_decay: float | None = None
+    """Checkpoints hold an exponential moving average of the weights with this decay per update (0.999:
+    about the last 1000 updates; `torch.optim.swa_utils`), and the policy acts with it; the raw weights
+    are kept for resume. None: the last weights, as DT. Damps the update-to-update swings of a short
+    budget at a high rate, which the last checkpoint would otherwise land on."""
     grad_clip: float = 0.25
     """Global gradient-norm clip. DT trainer.py: 0.25."""
     seed: int = 0
@@ -141,6 +146,9 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
         raise ValueError(f"context must be one of {CONTEXTS}, got {train.context!r}")
     if train is not None and train.lr_decay not in ("none", "cosine"):
         raise ValueError(f"lr_decay must be 'none' or 'cosine', got {train.lr_decay!r}")
+    if train is not None and train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must lie in (0, 1), e.g. 0.999 (or None for the last weights), got "
+                         f"{train.ema_decay!r}")
     if train is not None and train.context == "stream" and model.backbone == "transformer":
         raise ValueError("context 'stream' carries a recurrent state between chunks; the transformer has a "
                          "window, not a state: use context 'window' for it")

@@ -61,7 +61,8 @@ def main():
     text = ("# minGRU by training context (CPU protocol, compact tokens, 10 episodes per seed)\n\n"
             "Each cell: mean over seeds in bold, then the seeds' scores (last checkpoint, DT's target return). "
             "vN: the code version (`CODE_VERSION` in experiments/results_grid.py; v2 feeds a window's first step "
-            "its true previous action, v1 fed zero).\n\n"
+            "its true previous action, v1 fed zero; v3 adds the CPU protocol's cosine rate decay and end-aligned "
+            "windows).\n\n"
             f"{table(frame)}\n")
     (ROOT / "results" / "context_cpu.md").write_text(text)
     print(text)

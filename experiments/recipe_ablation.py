@@ -29,6 +29,9 @@ does differently:
 - `cosine-decay`: not from d3rlpy (it keeps the rate, as DT does) but a guard against the last-checkpoint
   swings the learning curves show: the rate falls from 1e-3 to 1e-4 over the updates after the warm-up
   (`TrainConfig.lr_decay`).
+- `ema-0.999`: not from d3rlpy either: the checkpoints hold an exponential moving average of the weights
+  (decay 0.999 per update, `TrainConfig.ema_decay`), so the last checkpoint is an average over about the
+  last 1000 updates instead of wherever the final update left the weights.
 `window-align-end` and `cosine-decay` won against code v2's grid and joined the CPU protocol in v3, where
 they change nothing: their rows are v2's.
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
@@ -58,6 +61,7 @@ VARIANTS = {
     "window-context": ({}, {"context": "window"}),
     "stream-context": ({}, {"context": "stream"}),
     "cosine-decay": ({}, {"lr_decay": "cosine"}),
+    "ema-0.999": ({}, {"ema_decay": 0.999}),
 }
 
 

@@ -84,6 +84,40 @@ def test_resume_after_an_interruption_keeps_the_cosine_schedule(embedded, tmp_pa
     assert lrs[-1] == pytest.approx(1e-4) and lrs[15] > lrs[25]  # decayed to lr / 10 at the last update
 
 
+def test_ema_checkpoints_hold_the_average_of_the_weights_and_resume_exactly(embedded, tmp_path, monkeypatch):
+    model_cfg, plain = small_configs(embedded, 30, checkpoint_every=10, context="window")
+    _, ema_cfg = small_configs(embedded, 30, checkpoint_every=10, context="window", ema_decay=0.9)
+    seen = []  # the raw weights after every update
+    real_update = Trainer.update
+
+    def recording(self):
+        out = real_update(self)
+        seen.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(Trainer, "update", recording)
+    train(embedded, model_cfg, ema_cfg, tmp_path / "ema", progress=False)
+    monkeypatch.undo()
+    train(embedded, model_cfg, plain, tmp_path / "plain", progress=False)
+    average = dict(seen[0])
+    for weights in seen[1:]:
+        average = {k: 0.9 * average[k] + 0.1 * w for k, w in weights.items()}
+    acting, meta = load_model(tmp_path / "ema")
+    raw, _ = load_model(tmp_path / "plain")
+    assert meta["train_config"]["ema_decay"] == 0.9  # the checkpoint says what its weights are
+    for k, v in acting.state_dict().items():
+        torch.testing.assert_close(v, average[k], msg=k)
+        assert torch.equal(seen[-1][k], raw.state_dict()[k]), f"{k}: the average must not change training"
+    assert not torch.equal(acting.state_dict()["action_head.0.weight"], raw.state_dict()["action_head.0.weight"])
+    _, half = small_configs(embedded, 20, checkpoint_every=10, context="window", ema_decay=0.9)
+    train(embedded, model_cfg, half, tmp_path / "split", progress=False)
+    train(embedded, model_cfg, ema_cfg, tmp_path / "split", resume=True, progress=False)
+    resumed, _ = load_model(tmp_path / "split")
+    for k, v in acting.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), f"{k} differs after resume"
+    assert read_losses(tmp_path / "ema") == read_losses(tmp_path / "split")
+
+
 def test_resume_before_the_first_checkpoint_starts_clean_logs(embedded, tmp_path):
     """A start that died before its first checkpoint leaves log rows; resuming drops them."""
     model_cfg, cfg = small_configs(embedded, 12, checkpoint_every=100)
@@ -172,6 +206,12 @@ def test_lr_schedule_warms_up_then_holds_or_decays_to_a_tenth():
     assert lr_factor(cosine, 54) == pytest.approx(0.55, abs=0.01)  # half-way: the cosine's midpoint
     with pytest.raises(ValueError, match="lr_decay must be"):
         validate(ModelConfig(obs_dim=1, act_dim=1), TrainConfig(lr_decay="linear"))
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5])
+def test_ema_decay_outside_zero_one_is_refused(decay):
+    with pytest.raises(ValueError, match=r"ema_decay must lie in \(0, 1\)"):
+        validate(ModelConfig(obs_dim=1, act_dim=1), TrainConfig(ema_decay=decay))
 
 
 def test_run_config_is_self_describing(embedded, tmp_path):

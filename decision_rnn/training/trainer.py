@@ -3,7 +3,9 @@
 The model only needs `loss(batch)`; the sampler only needs `sample()` and a numpy `rng`.
 Logs go to `log.csv` / `eval.csv` in the run directory, and to TensorBoard when it is installed.
 Resume restores weights, optimizer, scheduler, the torch RNG (dropout) and the sampler's RNG, so on
-CPU an interrupted-and-resumed run reproduces the uninterrupted one exactly (tested).
+CPU an interrupted-and-resumed run reproduces the uninterrupted one exactly (tested). With
+`ema_decay`, checkpoints hold the averaged weights (what is evaluated and acted with) and trainer.pt
+the raw ones.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig, default_context, validate
@@ -107,14 +110,23 @@ class Trainer:
         self._stream = isinstance(self.sampler, StreamSampler)  # carries the backbone state between updates
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, config))
+        self.ema = None if config.ema_decay is None else AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         self.step = 0
         self._tensorboard = None
         # compile the loss itself: `torch.compile(model).loss` would run the uncompiled module
         self._loss_fn = torch.compile(model.loss) if config.compile else model.loss
 
     # ---- state ----------------------------------------------------------------------------------------
+    @property
+    def acting_model(self) -> DecisionRNN:
+        """The weights checkpoints store and evaluations act with: the average with `ema_decay`."""
+        return self.model if self.ema is None else self.ema.module
+
     def state_dict(self) -> dict[str, Any]:
+        ema = {} if self.ema is None else {"weights": self.model.state_dict(), "ema_n_averaged": self.ema.n_averaged}
         return {
+            **ema,
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -135,8 +147,11 @@ class Trainer:
             return False
         loaded, meta = load_model(ckpt, self.device)
         self._check_same_run(meta)
-        self.model.load_state_dict(loaded.state_dict())
+        self.acting_model.load_state_dict(loaded.state_dict())
         state = load_trainer_state(ckpt)
+        if self.ema is not None:
+            self.model.load_state_dict(state["weights"])
+            self.ema.n_averaged.copy_(state["ema_n_averaged"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -172,7 +187,7 @@ class Trainer:
 
     def save(self) -> Path:
         return save_checkpoint(
-            self.run_dir, self.model, self.step, meta=self.meta, trainer_state=self.state_dict()
+            self.run_dir, self.acting_model, self.step, meta=self.meta, trainer_state=self.state_dict()
         )
 
     # ---- logging --------------------------------------------------------------------------------------
@@ -221,12 +236,14 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step += 1
         return loss.item(), grad_norm.item()
 
     def _evaluate(self) -> None:
         rng = torch.get_rng_state()  # evaluation must not shift the training RNG stream
-        metrics = self.eval_hook(self.model, self.step)
+        metrics = self.eval_hook(self.acting_model, self.step)
         torch.set_rng_state(rng)
         self._append("eval.csv", {"step": self.step, **metrics})
         log.info("step %d eval %s", self.step, metrics)
