@@ -33,7 +33,9 @@ does differently:
   (decay 0.999 per update, `TrainConfig.ema_decay`), so the last checkpoint is an average over about the
   last 1000 updates instead of wherever the final update left the weights.
 `window-align-end` and `cosine-decay` won against code v2's grid and joined the CPU protocol in v3, where
-they change nothing: their rows are v2's.
+they change nothing: their rows are v2's. Under v3 their converses take one of the two back out:
+- `window-align-start`: DT's start-aligned windows again (v3's cosine decay alone).
+- `constant-lr`: DT's constant rate again (v3's end-aligned windows alone).
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
@@ -62,6 +64,8 @@ VARIANTS = {
     "stream-context": ({}, {"context": "stream"}),
     "cosine-decay": ({}, {"lr_decay": "cosine"}),
     "ema-0.999": ({}, {"ema_decay": 0.999}),
+    "window-align-start": ({}, {"window_align": "start"}),
+    "constant-lr": ({}, {"lr_decay": "none"}),
 }
 
 
