@@ -111,30 +111,78 @@ def main():
     print(path.with_suffix(".md").read_text())
 
 
-def against_grid(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each variant's last-checkpoint score minus the grid's window run of the same (code version, agent,
-    dataset, seed): paired differences, their mean and how many are positive, per version and variant."""
-    curve = frame[frame.kind == "curve"].assign(version=versions(frame))
-    key = ["version", "agent", "dataset", "seed", "variant"]
-    last = curve.loc[curve.groupby(key).x.idxmax()].set_index(key).score
+SAME_TRAINING = {("cosine-decay", 2): ("window-align-start", 3)}
+"""(variant, version) pairs that trained exactly what another (variant, version) trains: v3 changed only the
+CPU protocol (cosine decay + end-aligned windows), so v2's `cosine-decay` is v3's `window-align-start`.
+Their runs also count as pairs of the other against that version's grid run."""
+
+
+def paired_differences(frame: pd.DataFrame, grid: pd.DataFrame) -> pd.Series:
+    """Last-checkpoint score of each variant run minus the grid's window run of the same (code version,
+    agent, dataset, seed), indexed by (version, agent, dataset, seed, variant); `SAME_TRAINING` runs twice.
+    `grid`: results/grid_cpu_curves.csv, the grid's own record (the ablation CSV copies only some of it)."""
     grid_run = "grid run (window context)"
+    curve = frame[(frame.kind == "curve") & (frame.variant != grid_run)]
+    own = grid[(grid.kind == "curve") & (grid.context == "window")].assign(variant=grid_run)
+    curve = pd.concat([curve, own], ignore_index=True).assign(version=lambda f: versions(f))
+    for (variant, version), (alias, alias_version) in SAME_TRAINING.items():
+        same = curve[(curve.variant == variant) & (curve.version == version)]
+        curve = pd.concat([curve, same.assign(variant=alias, version=alias_version)], ignore_index=True)
+    key = ["version", "agent", "dataset", "seed", "variant"]
+    curve = curve.drop_duplicates(key + ["x"], keep="first")  # a run of its own wins over an alias
+    last = curve.loc[curve.groupby(key).x.idxmax()].set_index(key).score
     if grid_run not in set(last.index.get_level_values("variant")):
+        return pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=key))
+    return (last.drop(grid_run, level="variant") - last.xs(grid_run, level="variant")).dropna()
+
+
+def against_grid(diff: pd.Series) -> pd.DataFrame:
+    """Paired differences against the grid (`paired_differences`): their mean and how many are positive,
+    per version and variant."""
+    if diff.empty:
         return pd.DataFrame(columns=["version", "variant", "pairs", "mean difference", "higher in"])
-    diff = (last.drop(grid_run, level="variant") - last.xs(grid_run, level="variant")).dropna()
     by = diff.groupby(level=["version", "variant"])
     wins = by.apply(lambda d: (d > 0).sum())
     summary = pd.DataFrame({"pairs": by.size(), "mean difference": by.mean(), "higher in": wins}).reset_index()
     return summary.sort_values(["version", "variant"], ascending=[False, True], ignore_index=True)
 
 
+def per_dataset(diff: pd.Series, grid: pd.DataFrame, min_datasets: int = 4) -> list[str]:
+    """For each (version, agent, variant) run on at least `min_datasets` datasets: per dataset, the seeds
+    paired, the grid's mean and the variant's mean over them, the mean difference and wins."""
+    key = ["version", "agent", "dataset", "seed"]
+    grid = grid[(grid.kind == "curve") & (grid.context == "window")].assign(version=lambda f: versions(f))
+    grid = grid.loc[grid.groupby(key).x.idxmax()].set_index(key).score
+    parts = []
+    for (version, agent, variant), d in diff.groupby(level=["version", "agent", "variant"]):
+        d = d.droplevel(["version", "agent", "variant"])
+        if d.index.get_level_values("dataset").nunique() < min_datasets:
+            continue
+        base = grid.xs((version, agent), level=["version", "agent"]).reindex(d.index)
+        table = pd.DataFrame({"seeds": d.groupby(level="dataset").size(),
+                              "grid run": base.groupby(level="dataset").mean(),
+                              variant: (base + d).groupby(level="dataset").mean(),
+                              "mean difference": d.groupby(level="dataset").mean(),
+                              "higher in": (d > 0).groupby(level="dataset").sum()})
+        table.loc["average over datasets"] = [len(d), table["grid run"].mean(), table[variant].mean(),
+                                              table["mean difference"].mean(), int((d > 0).sum())]
+        parts.append(f"**{variant} [v{version}] against the grid run, {agent}, per dataset** (mean over the paired "
+                     f"seeds)\n\n{table.reset_index().to_markdown(index=False, floatfmt='.1f')}")
+    return parts
+
+
 def report(frame: pd.DataFrame, episodes: int) -> str:
     """A paired summary against the grid's runs, then one table per (agent, dataset, seed): scores at the
     checkpoints and at four target returns."""
-    summary = against_grid(frame)
+    grid = pd.read_csv(ROOT / "results" / "grid_cpu_curves.csv")
+    diff = paired_differences(frame, grid)
+    summary = against_grid(diff)
     parts = [f"# Recipe ablation, CPU protocol, {episodes} episodes per score\n\n[vN]: the code version a run was "
              "trained with (`CODE_VERSION` in experiments/results_grid.py)",
              "**Against the grid's window run of the same code version, agent, dataset and seed** (last "
-             f"checkpoint; difference in normalized score)\n\n{summary.to_markdown(index=False, floatfmt='.1f')}"]
+             f"checkpoint; difference in normalized score; v2's `cosine-decay` runs also count as v3's "
+             f"`window-align-start`, the same training)\n\n{summary.to_markdown(index=False, floatfmt='.1f')}",
+             *per_dataset(diff, grid)]
     frame = frame.assign(variant=frame.variant + " [v" + versions(frame).astype(str) + "]")
     for (agent, dataset, seed), group in frame.groupby(["agent", "dataset", "seed"], sort=False):
         curve = group[group.kind == "curve"].pivot(index="variant", columns="x", values="score")

@@ -143,13 +143,40 @@ def test_recipe_ablation_summary_pairs_each_variant_with_the_grid_run_of_its_see
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
     v = grid.CODE_VERSION
-    rows = [("grid run (window context)", 0, 2000, 90.0, v), ("grid run (window context)", 0, 3000, 40.0, v),
-            ("grid run (window context)", 1, 3000, 60.0, v), ("grid run (window context)", 0, 3000, 5.0, v - 1),
-            ("cosine-decay", 0, 3000, 50.0, v), ("cosine-decay", 1, 3000, 55.0, v),
-            ("relu", 0, 3000, 99.0, v - 1)]  # an older version: against that version's grid run
-    frame = pd.DataFrame([{"variant": n, "seed": s, "kind": "curve", "x": x, "score": sc, "version": ver,
-                           "agent": "mingru", "dataset": "hopper-mixed"} for n, s, x, sc, ver in rows])
-    summary = ablation.against_grid(frame).set_index(["version", "variant"])
+    where = {"agent": "mingru", "dataset": "hopper-mixed", "kind": "curve"}
+    runs = pd.DataFrame([{**where, "context": "window", "seed": s, "x": x, "score": sc, "version": ver}
+                         for s, x, sc, ver in [(0, 2000, 90.0, v), (0, 3000, 40.0, v), (1, 3000, 60.0, v),
+                                               (0, 3000, 5.0, v - 1)]]
+                        + [{**where, "context": "episode", "seed": 1, "x": 3000, "score": 0.0, "version": v}])
+    variants = [("cosine-decay", 0, 3000, 50.0, v), ("cosine-decay", 1, 3000, 55.0, v),
+                ("relu", 0, 3000, 99.0, v - 1),  # an older version: against that version's grid run
+                ("grid run (window context)", 1, 3000, -50.0, v)]  # a stale copy: the grid's own record wins
+    frame = pd.DataFrame([{**where, "variant": n, "seed": s, "x": x, "score": sc, "version": ver}
+                          for n, s, x, sc, ver in variants])
+    summary = ablation.against_grid(ablation.paired_differences(frame, runs)).set_index(["version", "variant"])
     assert list(summary.index) == [(v, "cosine-decay"), (v - 1, "relu")]  # newest version first
     assert summary.loc[(v, "cosine-decay")].tolist() == [2, 2.5, 1]  # (+10, -5): last checkpoints, same seeds
     assert summary.loc[(v - 1, "relu")].tolist() == [1, 94.0, 1]
+
+
+def test_recipe_ablation_counts_a_run_under_the_variant_that_trains_the_same(grid):
+    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    (variant, version), (alias, alias_version) = next(iter(ablation.SAME_TRAINING.items()))
+    datasets = ["hopper-medium", "hopper-mixed", "walker2d-medium", "walker2d-mixed"]
+    runs = pd.DataFrame([{"agent": "mingru", "dataset": d, "kind": "curve", "context": "window", "seed": 0,
+                          "x": 3000, "score": score, "version": ver}
+                         for d in datasets for ver, score in [(version, 10.0), (alias_version, 30.0)]])
+    frame = pd.DataFrame([{"agent": "mingru", "dataset": d, "kind": "curve", "seed": 0, "x": 3000, "variant": variant,
+                           "score": 40.0, "version": version} for d in datasets]
+                         + [{"agent": "mingru", "dataset": "hopper-mixed", "kind": "curve", "seed": 0, "x": 3000,
+                             "variant": alias, "score": 20.0, "version": alias_version}])  # its own run wins
+    diff = ablation.paired_differences(frame, runs)
+    summary = ablation.against_grid(diff).set_index(["version", "variant"])
+    assert summary.loc[(version, variant)].tolist() == [4, 30.0, 4]  # against its own version's grid runs
+    assert summary.loc[(alias_version, alias)].tolist() == [4, 5.0, 3]  # (10 x 3 - 10) / 4
+    tables = "\n".join(ablation.per_dataset(diff, runs))
+    assert f"**{alias} [v{alias_version}] against the grid run, mingru, per dataset**" in tables
+    row = next(line for line in tables.splitlines()[::-1] if line.startswith("| hopper-mixed"))
+    assert [c.strip() for c in row.split("|")[1:-1]] == ["hopper-mixed", "1", "30.0", "20.0", "-10.0", "0"]
