@@ -15,6 +15,7 @@ from typing import Any, Literal
 TOKENIZATIONS = ("interleaved", "compact")
 ACTIVATIONS = ("gelu", "relu")
 CONTEXTS = ("window", "episode", "stream")
+WINDOW_ALIGNS = ("start", "end", "uniform")
 
 
 @dataclass
@@ -73,9 +74,11 @@ class TrainConfig:
     rollout. `stream` (recurrent backbones): `batch_size` streams walk whole episodes in consecutive
     K-step chunks, each chunk starting from the state the previous one ended in (truncated BPTT): the
     rollout's state, with a window batch's variety and cost. None: `default_context` by backbone."""
-    window_align: Literal["start", "end"] = "start"
+    window_align: Literal["start", "end", "uniform"] = "start"
     """`window` context: `start` draws each window's first step (DT's gym code), `end` its last step
-    (d3rlpy's trajectory slicer); see `decision_rnn.data.WindowSampler`."""
+    (d3rlpy's trajectory slicer), `uniform` one of the K-step windows overlapping an episode, so that an
+    episode's first and last steps are trained as often as the rest (ours); see
+    `decision_rnn.data.WindowSampler`."""
     episode_batch_size: int = 16
     """Episodes per update in `episode` context (each is up to 1000 steps: ~16x a window batch's steps)."""
     episode_max_len: int | None = None
@@ -144,6 +147,8 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
         raise ValueError(f"obs_dim and act_dim must be positive, got {model.obs_dim}, {model.act_dim}")
     if train is not None and train.context not in (*CONTEXTS, None):
         raise ValueError(f"context must be one of {CONTEXTS}, got {train.context!r}")
+    if train is not None and train.window_align not in WINDOW_ALIGNS:
+        raise ValueError(f"window_align must be one of {WINDOW_ALIGNS}, got {train.window_align!r}")
     if train is not None and train.lr_decay not in ("none", "cosine"):
         raise ValueError(f"lr_decay must be 'none' or 'cosine', got {train.lr_decay!r}")
     if train is not None and train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:

@@ -35,6 +35,9 @@ does differently:
 `window-align-end` and `cosine-decay` won against code v2's grid and joined the CPU protocol in v3, where
 they change nothing: their rows are v2's. Under v3 their converses take one of the two back out:
 - `window-align-start`: DT's start-aligned windows again (v3's cosine decay alone).
+- `window-align-uniform`: windows drawn from all K-step windows overlapping an episode, so its first steps
+  (which end-alignment trains fully) and its last ones (which start-alignment does) are both trained as
+  often as the rest (`WindowSampler(align="uniform")`).
 - `constant-lr`: DT's constant rate again (v3's end-aligned windows alone).
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
@@ -65,6 +68,7 @@ VARIANTS = {
     "cosine-decay": ({}, {"lr_decay": "cosine"}),
     "ema-0.999": ({}, {"ema_decay": 0.999}),
     "window-align-start": ({}, {"window_align": "start"}),
+    "window-align-uniform": ({}, {"window_align": "uniform"}),
     "constant-lr": ({}, {"lr_decay": "none"}),
 }
 

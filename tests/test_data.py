@@ -411,6 +411,41 @@ def test_end_aligned_windows_end_at_the_drawn_step_and_are_cut_at_the_episode_st
         WindowSampler(data, align="middle")
 
 
+def test_uniform_windows_cover_every_step_equally_often_episode_ends_included():
+    lengths, K = [3, 7, 25, 1, 40], 10
+    data = make_dataset(lengths)
+    # plain loop: every K-step window that overlaps an episode, cut to it; each step lies in exactly K of them
+    windows, coverage = set(), np.zeros(data.num_steps, int)
+    for e, length in enumerate(lengths):
+        begin = int(data.offsets[e])
+        for first in range(begin - K + 1, begin + length):
+            start, stop = max(first, begin), min(first + K, begin + length)
+            windows.add((start, stop - start))
+            coverage[start:stop] += 1
+    assert (coverage == K).all()
+    sampler = WindowSampler(data, context_len=K, batch_size=64, seed=1, align="uniform")
+    counts = np.zeros(data.num_steps, int)
+    for _ in range(300):
+        batch = sampler.sample()
+        _check_batch_shapes(batch, 64, K, data)
+        for b in range(64):
+            start, n_real = int(batch.states[b, 0, 0]), int(batch.mask[b].sum())
+            assert (start, n_real) in windows
+            _check_rows(batch, data, b, start, n_real)
+            counts[start:start + n_real] += 1
+    # each draw covers a given step with probability K / (N + E (K - 1)): ~1,590 of 19,200, sd ~38
+    expected = 64 * 300 * K / (data.num_steps + len(lengths) * (K - 1))
+    assert np.abs(counts - expected).max() < 0.15 * expected
+    starts = WindowSampler(data, context_len=K, batch_size=64, seed=1, align="start")
+    first = np.zeros(data.num_steps, int)  # DT's start-aligned windows: an episode's first steps far less
+    for _ in range(300):
+        batch = starts.sample()
+        for b in range(64):
+            start, n_real = int(batch.states[b, 0, 0]), int(batch.mask[b].sum())
+            first[start:start + n_real] += 1
+    assert first[data.offsets[4]] < 0.2 * first[data.offsets[4] + 30]
+
+
 def test_episode_sampler_returns_whole_episodes_from_the_start():
     data = make_dataset([3, 7, 25, 1, 40])
     for max_len, batch_size in ((None, 8), (12, 8), (100, 1)):

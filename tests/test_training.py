@@ -214,6 +214,11 @@ def test_ema_decay_outside_zero_one_is_refused(decay):
         validate(ModelConfig(obs_dim=1, act_dim=1), TrainConfig(ema_decay=decay))
 
 
+def test_unknown_window_alignment_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match=r"window_align must be one of \('start', 'end', 'uniform'\), got 'middle'"):
+        validate(ModelConfig(obs_dim=1, act_dim=1), TrainConfig(window_align="middle"))
+
+
 def test_run_config_is_self_describing(embedded, tmp_path):
     model_cfg, train_cfg = small_configs(embedded, 10)
     train(embedded, model_cfg, train_cfg, tmp_path, progress=False)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from decision_rnn.config import WINDOW_ALIGNS
 from decision_rnn.data.episodes import TrajectoryDataset
 
 
@@ -92,7 +93,12 @@ class WindowSampler(_Sampler):
     episode end. ``align="end"`` (d3rlpy's trajectory slicer): the window ENDS at the uniformly drawn
     step and is cut at the episode start, so every step is the last, fully informed position of a
     window equally often, and the first steps of an episode are seen with their short history.
-    Either way the real steps come first and the rest is padded on the right (DT and d3rlpy pad on the
+    Each under-trains one end of an episode: a step within K of the episode's start (``start``) or end
+    (``end``) lies in fewer windows than the rest, down to one. ``align="uniform"``: the window is one of
+    the ``L + K - 1`` K-step windows that overlap an episode of ``L`` steps (cut to it), drawn uniformly
+    from all episodes' such windows, so every step, first and last included, lies in a window equally
+    often (K of them); the first steps are seen with their short history, the last ones at every position.
+    Every way the real steps come first and the rest is padded on the right (DT and d3rlpy pad on the
     left, which would feed padding into a recurrent state; for a causal model the two are the same).
     """
 
@@ -108,22 +114,32 @@ class WindowSampler(_Sampler):
     ):
         if context_len < 1 or batch_size < 1:
             raise ValueError(f"context_len and batch_size must be >= 1, got {context_len}, {batch_size}")
-        if align not in ("start", "end"):
-            raise ValueError(f"align must be 'start' or 'end', got {align!r}")
+        if align not in WINDOW_ALIGNS:
+            raise ValueError(f"align must be one of {WINDOW_ALIGNS}, got {align!r}")
         super().__init__(dataset, batch_size, seed, device)
         self.align = align
         self.context_len = context_len
+        # align="uniform": episode e owns windows slots[e]:slots[e + 1], one per first step it may start at
+        self._slots = np.concatenate(([0], np.cumsum(dataset.episode_lengths + context_len - 1)))
 
     def sample(self) -> Batch:
         """One batch, ``(batch_size, context_len)``."""
         data = self.dataset
-        drawn = self.rng.integers(0, data.num_steps, size=self.batch_size)  # (B,) uniform over all steps
-        episode = np.searchsorted(data.offsets, drawn, side="right") - 1  # (B,)
-        if self.align == "start":
-            starts, stops = drawn, data.offsets[episode + 1]  # stop: one past the last row allowed
+        K = self.context_len
+        if self.align == "uniform":
+            slot = self.rng.integers(0, self._slots[-1], size=self.batch_size)  # (B,) uniform over windows
+            episode = np.searchsorted(self._slots, slot, side="right") - 1  # (B,)
+            first = data.offsets[episode] + slot - self._slots[episode] - (K - 1)  # may lie before the episode
+            starts = np.maximum(first, data.offsets[episode])
+            stops = np.minimum(first + K, data.offsets[episode + 1])
         else:
-            starts, stops = np.maximum(drawn - self.context_len + 1, data.offsets[episode]), drawn + 1
-        rows = starts[:, None] + np.arange(self.context_len)  # (B, K)
+            drawn = self.rng.integers(0, data.num_steps, size=self.batch_size)  # (B,) uniform over all steps
+            episode = np.searchsorted(data.offsets, drawn, side="right") - 1  # (B,)
+            if self.align == "start":
+                starts, stops = drawn, data.offsets[episode + 1]  # stop: one past the last row allowed
+            else:
+                starts, stops = np.maximum(drawn - K + 1, data.offsets[episode]), drawn + 1
+        rows = starts[:, None] + np.arange(K)  # (B, K)
         valid = rows < stops[:, None]  # (B, K)
         return _gather(data, rows, valid, self.device)
 
