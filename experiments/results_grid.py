@@ -241,9 +241,21 @@ def score_table(frame: pd.DataFrame, columns: list[str]) -> tuple[list[str], pd.
     return lines, stats.rename_axis(index={"column": "agent"})
 
 
+def sweep_means(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with each run's score replaced by the mean of its last checkpoint over the target sweep
+    (0.5, 0.75, 1 and 1.25 x DT's target): one run's summary that depends less on a single target."""
+    key = ["dataset", "agent", "seed", "context", "version"]
+    targets = curves[curves.kind == "target"].assign(version=lambda f: versions(f))
+    mean = targets.groupby(key).score.agg(["mean", "count"])
+    mean = mean[mean["count"] == len(SWEEP) + 1]["mean"].rename("sweep")
+    joined = runs.assign(version=versions(runs)).join(mean, on=key)
+    return joined.dropna(subset=["sweep"]).assign(score=lambda f: f.sweep).drop(columns="sweep")
+
+
 def write_report(frame, protocol):
     """Markdown table: mean ± std over seeds per (dataset, agent) in the agents' current contexts, data
-    reference, wall-clock, goal check; then the rows of earlier default contexts."""
+    reference, wall-clock, goal check; the same over the target sweep; then the rows of earlier default
+    contexts."""
     now = current(frame).assign(column=lambda f: f.agent)
     agents = [a for a in AGENTS if a in set(now.agent)]
     table, stats = score_table(now, agents)
@@ -254,6 +266,14 @@ def write_report(frame, protocol):
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
              *paired(now, "mingru", "d3rlpy-dt"), *paired(now, "mingru", "transformer"), *against_previous(frame),
              "", noise(now, stats)]
+    curves_path = ROOT / "results" / f"grid_{protocol}_curves.csv"
+    swept = sweep_means(now, pd.read_csv(curves_path)) if curves_path.exists() else now.iloc[:0]
+    if len(swept):
+        lines += ["", "Each run's mean over the target sweep (its last checkpoint at 0.5, 0.75, 1 and 1.25 x DT's "
+                  "target; 4 x the episodes), then mean ± std over seeds: a brittle policy's score at one target "
+                  "is close to a coin flip (the sweep plot), this is less so.", "",
+                  *score_table(swept, [a for a in agents if a in set(swept.agent)])[0], "",
+                  *paired(swept, "mingru", "d3rlpy-dt"), *paired(swept, "mingru", "transformer")]
     earlier = frame.drop(now.index)
     label = earlier.agent + " (" + earlier.context + ", v" + versions(earlier).astype(str) + ")"
     earlier = earlier.assign(column=label)

@@ -180,3 +180,16 @@ def test_recipe_ablation_counts_a_run_under_the_variant_that_trains_the_same(gri
     assert f"**{alias} [v{alias_version}] against the grid run, mingru, per dataset**" in tables
     row = next(line for line in tables.splitlines()[::-1] if line.startswith("| hopper-mixed"))
     assert [c.strip() for c in row.split("|")[1:-1]] == ["hopper-mixed", "1", "30.0", "20.0", "-10.0", "0"]
+
+
+def test_sweep_means_average_each_runs_last_checkpoint_over_all_four_targets(grid):
+    run = {"dataset": "hopper-mixed", "agent": "mingru", "context": "window", "version": grid.CODE_VERSION}
+    runs = pd.DataFrame([{**run, "seed": 0, "score": 10.0, "train_wall_s": 1.0},
+                         {**run, "seed": 1, "score": 20.0, "train_wall_s": 1.0}])
+    targets = [1800.0, 2700.0, 3600.0, 4500.0]
+    scores = [0.0, 10.0, 20.0, 50.0]
+    curves = pd.DataFrame([{**run, "seed": 0, "kind": "target", "x": x, "score": s} for x, s in zip(targets, scores)]
+                          + [{**run, "seed": 0, "kind": "curve", "x": 3000, "score": 99.0}]  # not a target
+                          + [{**run, "seed": 1, "kind": "target", "x": 3600.0, "score": 20.0}])  # incomplete sweep
+    swept = grid.sweep_means(runs, curves)
+    assert list(swept.seed) == [0] and swept.score.tolist() == [20.0]
