@@ -121,23 +121,29 @@ CPU protocol (cosine decay + end-aligned windows), so v2's `cosine-decay` is v3'
 Their runs also count as pairs of the other against that version's grid run."""
 
 
-def paired_differences(frame: pd.DataFrame, grid: pd.DataFrame) -> pd.Series:
-    """Last-checkpoint score of each variant run minus the grid's window run of the same (code version,
-    agent, dataset, seed), indexed by (version, agent, dataset, seed, variant); `SAME_TRAINING` runs twice.
-    `grid`: results/grid_cpu_curves.csv, the grid's own record (the ablation CSV copies only some of it)."""
+def paired_differences(frame: pd.DataFrame, grid: pd.DataFrame, over: str = "curve") -> pd.Series:
+    """Each variant run's score minus the grid's window run of the same (code version, agent, dataset,
+    seed), indexed by (version, agent, dataset, seed, variant); `SAME_TRAINING` runs count twice.
+    `over="curve"`: the last checkpoint at DT's target; `"target"`: the last checkpoint's mean over the
+    target sweep (runs with all four targets only). `grid`: results/grid_cpu_curves.csv, the grid's own
+    record (the ablation CSV copies only some of it)."""
     grid_run = "grid run (window context)"
-    curve = frame[(frame.kind == "curve") & (frame.variant != grid_run)]
-    own = grid[(grid.kind == "curve") & (grid.context == "window")].assign(variant=grid_run)
-    curve = pd.concat([curve, own], ignore_index=True).assign(version=lambda f: versions(f))
+    rows = frame[(frame.kind == over) & (frame.variant != grid_run)]
+    own = grid[(grid.kind == over) & (grid.context == "window")].assign(variant=grid_run)
+    rows = pd.concat([rows, own], ignore_index=True).assign(version=lambda f: versions(f))
     for (variant, version), (alias, alias_version) in SAME_TRAINING.items():
-        same = curve[(curve.variant == variant) & (curve.version == version)]
-        curve = pd.concat([curve, same.assign(variant=alias, version=alias_version)], ignore_index=True)
+        same = rows[(rows.variant == variant) & (rows.version == version)]
+        rows = pd.concat([rows, same.assign(variant=alias, version=alias_version)], ignore_index=True)
     key = ["version", "agent", "dataset", "seed", "variant"]
-    curve = curve.drop_duplicates(key + ["x"], keep="first")  # a run of its own wins over an alias
-    last = curve.loc[curve.groupby(key).x.idxmax()].set_index(key).score
-    if grid_run not in set(last.index.get_level_values("variant")):
+    rows = rows.drop_duplicates(key + ["x"], keep="first")  # a run of its own wins over an alias
+    if over == "curve":
+        score = rows.loc[rows.groupby(key).x.idxmax()].set_index(key).score
+    else:
+        sweep = rows.groupby(key).score.agg(["mean", "count"])
+        score = sweep[sweep["count"] == sweep["count"].max()]["mean"]
+    if grid_run not in set(score.index.get_level_values("variant")):
         return pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=key))
-    return (last.drop(grid_run, level="variant") - last.xs(grid_run, level="variant")).dropna()
+    return (score.drop(grid_run, level="variant") - score.xs(grid_run, level="variant")).dropna()
 
 
 def against_grid(diff: pd.Series) -> pd.DataFrame:
@@ -151,9 +157,10 @@ def against_grid(diff: pd.Series) -> pd.DataFrame:
     return summary.sort_values(["version", "variant"], ascending=[False, True], ignore_index=True)
 
 
-def per_dataset(diff: pd.Series, grid: pd.DataFrame, min_datasets: int = 4) -> list[str]:
+def per_dataset(diff: pd.Series, sweep: pd.Series, grid: pd.DataFrame, min_datasets: int = 4) -> list[str]:
     """For each (version, agent, variant) run on at least `min_datasets` datasets: per dataset, the seeds
-    paired, the grid's mean and the variant's mean over them, the mean difference and wins."""
+    paired, the grid's mean and the variant's mean over them, the mean difference and wins; then the mean
+    difference of the runs' means over the target sweep (`sweep`: `paired_differences(over="target")`)."""
     key = ["version", "agent", "dataset", "seed"]
     grid = grid[(grid.kind == "curve") & (grid.context == "window")].assign(version=lambda f: versions(f))
     grid = grid.loc[grid.groupby(key).x.idxmax()].set_index(key).score
@@ -163,15 +170,21 @@ def per_dataset(diff: pd.Series, grid: pd.DataFrame, min_datasets: int = 4) -> l
         if d.index.get_level_values("dataset").nunique() < min_datasets:
             continue
         base = grid.xs((version, agent), level=["version", "agent"]).reindex(d.index)
+        levels = ["version", "agent", "variant"]
+        mine = (sweep.index.droplevel(["dataset", "seed"]) == (version, agent, variant)) if len(sweep) else []
+        swept = sweep[mine].droplevel(levels).reindex(d.index)
         table = pd.DataFrame({"seeds": d.groupby(level="dataset").size(),
                               "grid run": base.groupby(level="dataset").mean(),
                               variant: (base + d).groupby(level="dataset").mean(),
                               "mean difference": d.groupby(level="dataset").mean(),
-                              "higher in": (d > 0).groupby(level="dataset").sum()})
+                              "higher in": (d > 0).groupby(level="dataset").sum(),
+                              "mean difference over targets": swept.groupby(level="dataset").mean()})
         table.loc["average over datasets"] = [len(d), table["grid run"].mean(), table[variant].mean(),
-                                              table["mean difference"].mean(), int((d > 0).sum())]
+                                              table["mean difference"].mean(), int((d > 0).sum()),
+                                              table["mean difference over targets"].mean()]
         parts.append(f"**{variant} [v{version}] against the grid run, {agent}, per dataset** (mean over the paired "
-                     f"seeds)\n\n{table.reset_index().to_markdown(index=False, floatfmt='.1f')}")
+                     f"seeds; the last column: each run's mean over the four targets of its sweep)\n\n"
+                     f"{table.reset_index().to_markdown(index=False, floatfmt='.1f')}")
     return parts
 
 
@@ -186,7 +199,7 @@ def report(frame: pd.DataFrame, episodes: int) -> str:
              "**Against the grid's window run of the same code version, agent, dataset and seed** (last "
              f"checkpoint; difference in normalized score; v2's `cosine-decay` runs also count as v3's "
              f"`window-align-start`, the same training)\n\n{summary.to_markdown(index=False, floatfmt='.1f')}",
-             *per_dataset(diff, grid)]
+             *per_dataset(diff, paired_differences(frame, grid, over="target"), grid)]
     frame = frame.assign(variant=frame.variant + " [v" + versions(frame).astype(str) + "]")
     for (agent, dataset, seed), group in frame.groupby(["agent", "dataset", "seed"], sort=False):
         curve = group[group.kind == "curve"].pivot(index="variant", columns="x", values="score")

@@ -176,10 +176,14 @@ def test_recipe_ablation_counts_a_run_under_the_variant_that_trains_the_same(gri
     summary = ablation.against_grid(diff).set_index(["version", "variant"])
     assert summary.loc[(version, variant)].tolist() == [4, 30.0, 4]  # against its own version's grid runs
     assert summary.loc[(alias_version, alias)].tolist() == [4, 5.0, 3]  # (10 x 3 - 10) / 4
-    tables = "\n".join(ablation.per_dataset(diff, runs))
+    tables = "\n".join(ablation.per_dataset(diff, ablation.paired_differences(frame, runs, over="target"), runs))
     assert f"**{alias} [v{alias_version}] against the grid run, mingru, per dataset**" in tables
     row = next(line for line in tables.splitlines()[::-1] if line.startswith("| hopper-mixed"))
-    assert [c.strip() for c in row.split("|")[1:-1]] == ["hopper-mixed", "1", "30.0", "20.0", "-10.0", "0"]
+    sweep = pd.concat([frame.assign(kind="target", x=x, score=frame.score + dx) for x, dx in [(1, 0.0), (2, 2.0)]])
+    grid_sweep = pd.concat([runs.assign(kind="target", x=x) for x in (1, 2)])
+    over_targets = ablation.paired_differences(sweep, grid_sweep, over="target")  # (20 + 22) / 2 - 30
+    assert over_targets.xs((alias_version, "hopper-mixed"), level=["version", "dataset"]).tolist() == [-9.0]
+    assert [c.strip() for c in row.split("|")[1:-1]] == ["hopper-mixed", "1", "30.0", "20.0", "-10.0", "0", "nan"]
 
 
 def test_sweep_means_average_each_runs_last_checkpoint_over_all_four_targets(grid):
