@@ -22,7 +22,7 @@ MODEL_FLAGS = {"backbone": str, "tokens": str, "embed_dim": int, "n_layers": int
                "context_len": int, "activation": str, "timestep_init_std": float, "block_init_std": float}
 TRAIN_FLAGS = {"steps": int, "batch_size": int, "context": str, "window_align": str, "episode_batch_size": int,
                "episode_max_len": int, "lr": float, "weight_decay": float, "warmup_steps": int, "lr_decay": str,
-               "ema_decay": float, "seed": int, "device": str, "compile": bool, "log_every": int,
+               "ema_decay": float, "grad_clip": float, "seed": int, "device": str, "compile": bool, "log_every": int,
                "checkpoint_every": int, "eval_every": int, "eval_episodes": int, "target_return": float}
 
 
