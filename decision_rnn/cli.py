@@ -12,17 +12,26 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ModelConfig, TrainConfig, config_from_dict, default_context
+from .config import ModelConfig, TrainConfig, config_from_dict, default_context, model_config_from_saved
 from .policy import RUNTIMES
 
 log = logging.getLogger("decision_rnn")
 
+NONE = "none"
+
+
+def float_or_none(text: str) -> float | str:
+    """A float, or "none" for a field whose None means 'off' (--block-init-std none: PyTorch's init)."""
+    return NONE if text.strip().lower() == NONE else float(text)
+
+
 # Config fields exposed as `train` flags (--embed-dim ...), with their argparse types.
 MODEL_FLAGS = {"backbone": str, "tokens": str, "embed_dim": int, "n_layers": int, "dropout": float,
-               "context_len": int, "activation": str, "timestep_init_std": float, "block_init_std": float}
+               "context_len": int, "activation": str, "timestep_init_std": float_or_none,
+               "block_init_std": float_or_none}
 TRAIN_FLAGS = {"steps": int, "batch_size": int, "context": str, "window_align": str, "episode_batch_size": int,
                "episode_max_len": int, "lr": float, "weight_decay": float, "warmup_steps": int, "lr_decay": str,
-               "ema_decay": float, "grad_clip": float, "seed": int, "device": str, "compile": bool, "log_every": int,
+               "ema_decay": float_or_none, "grad_clip": float, "seed": int, "device": str, "compile": bool, "log_every": int,
                "checkpoint_every": int, "eval_every": int, "eval_episodes": int, "target_return": float}
 
 
@@ -34,7 +43,8 @@ def _configs(args, dataset) -> tuple[ModelConfig, TrainConfig]:
     model = {"obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim, **file_cfg.get("model", {})}
     train = dict(file_cfg.get("train", {}))
     for section, flags in ((model, MODEL_FLAGS), (train, TRAIN_FLAGS)):
-        section.update({name: getattr(args, name) for name in flags if getattr(args, name) is not None})
+        given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+        section.update({name: None if value == NONE else value for name, value in given.items()})
     model_cfg = config_from_dict(ModelConfig, model)
     train.setdefault("context", default_context(model_cfg.backbone))
     return model_cfg, config_from_dict(TrainConfig, train)
@@ -50,7 +60,7 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{(args.backbone or 'mingru')}-{Path(ids[0]).name}")
     if args.resume and (out / "config.json").exists():
         saved = json.loads((out / "config.json").read_text())
-        model_cfg = config_from_dict(ModelConfig, saved["model"])
+        model_cfg = model_config_from_saved(saved["model"])
         train_dict = saved["train"]
         if args.steps is not None:
             train_dict["steps"] = args.steps

@@ -4,6 +4,10 @@ Source of the DT defaults: Chen et al. 2021, "Decision Transformer", Table 8 (gy
 `kzl/decision-transformer/gym/experiment.py` (argparse defaults: K=20, embed_dim=128, n_layer=3,
 n_head=1, activation_function=relu, dropout=0.1, learning_rate=1e-4, weight_decay=1e-4,
 warmup_steps=10000, batch_size=64, scale=1000, max_ep_len=1000, grad clip 0.25 in trainer.py).
+The model's ReLU, its N(0, 0.02) init and d3rlpy's timestep init are the defaults since grid code v4:
+together with d3rlpy's clip (the CPU protocol's) they raised minGRU by 18 points on average over six
+datasets (results/recipe_ablation_cpu.md, `d3rlpy-model`). Checkpoints saved before these fields existed
+load with what those models were built with (`LEGACY_MODEL_DEFAULTS`).
 Configs are plain data: no side effects, serialisable with `dataclasses.asdict`.
 """
 
@@ -42,18 +46,17 @@ class ModelConfig:
     `window` context). DT: K=20."""
     max_timestep: int = 1000
     """Size of the timestep embedding table; later timesteps are clamped. DT: max_ep_len=1000."""
-    timestep_init_std: float | None = None
-    """Std of the timestep embedding's initial weights. None: nn.Embedding's N(0, 1), as DT's code
-    (its timestep embedding starts ~10x larger than the other embeddings in each token). 0.02: GPT-2's
-    init, which d3rlpy's DecisionTransformer applies to its timestep embedding."""
-    block_init_std: float | None = None
-    """Std of a normal init of every nn.Linear weight inside the backbone (biases zero). None: PyTorch's
-    default (kaiming-uniform). 0.02: GPT-2's init, which DT's HuggingFace GPT-2 and d3rlpy's DT give their
-    transformer blocks."""
-    activation: Literal["gelu", "relu"] = "gelu"
+    timestep_init_std: float | None = 0.02
+    """Std of the timestep embedding's initial weights. 0.02: GPT-2's init, which d3rlpy's
+    DecisionTransformer applies to its timestep embedding. None: nn.Embedding's N(0, 1), as DT's code
+    (its timestep embedding starts ~10x larger than the other embeddings in each token)."""
+    block_init_std: float | None = 0.02
+    """Std of a normal init of every nn.Linear weight inside the backbone (biases zero). 0.02: GPT-2's
+    init, which DT's HuggingFace GPT-2 and d3rlpy's DT give their transformer blocks (the LRU's own
+    recurrence parameters are not nn.Linear and keep its ring init). None: PyTorch's default."""
+    activation: Literal["gelu", "relu"] = "relu"
     """Nonlinearity of the blocks' MLPs. DT's gym code passes `activation_function="relu"` to its GPT-2
-    (d3rlpy's DT too); our default is GPT-2's own GELU, which every result in results/ was trained with
-    (the recipe ablation compares the two). "relu" gives DT's choice."""
+    (d3rlpy's DT too); "gelu" is GPT-2's own."""
     return_scale: float = 1000.0
     """Returns-to-go are divided by this before embedding. DT: scale=1000 for MuJoCo."""
     backbone_options: dict[str, Any] = field(default_factory=dict)
@@ -128,6 +131,15 @@ def default_context(backbone: str) -> str:
     return "window"
 
 
+LEGACY_MODEL_DEFAULTS = {"activation": "gelu", "timestep_init_std": None, "block_init_std": None}
+"""What a saved ModelConfig without these fields was built with (their defaults before v4)."""
+
+
+def model_config_from_saved(data: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig a checkpoint or run directory saved; fields it predates get their old defaults."""
+    return config_from_dict(ModelConfig, {**LEGACY_MODEL_DEFAULTS, **data})
+
+
 def config_from_dict(cls, data: dict[str, Any]):
     """Build a config dataclass from a dict, rejecting unknown keys with a clear message."""
     known = {f.name for f in fields(cls)}
@@ -159,4 +171,5 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
                          "window, not a state: use context 'window' for it")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "asdict", "config_from_dict", "default_context", "validate"]
+__all__ = ["ModelConfig", "TrainConfig", "asdict", "config_from_dict", "default_context", "model_config_from_saved",
+           "validate"]

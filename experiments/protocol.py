@@ -5,8 +5,11 @@
   warm-up of 10% of the updates. Since code v3 two changes against the short budget's swings, both
   measured in results/recipe_ablation_cpu.md before adoption: the rate decays (cosine, to lr / 10) so
   the last checkpoint is not taken at the full rate, and windows end at a drawn step (d3rlpy's
-  slicer) so an episode's first K steps are trained as often as the rest. Everything else (model size,
-  batch, clip, dropout) is DT's; d3rlpy's DT keeps its own reproduction config.
+  slicer) so an episode's first K steps are trained as often as the rest. Since v4 the gradient clip is
+  d3rlpy's effective one, 0.25 / 3 (d3rlpy sums the squared error over the action dimensions before
+  clipping at 0.25; we average it), adopted with the model defaults of v4 (ReLU, N(0, 0.02) init; see
+  decision_rnn/config.py) after the recipe ablation's `d3rlpy-model` runs. Everything else (model size,
+  batch, dropout) is DT's; d3rlpy's DT keeps its own reproduction config.
 Every number in results/ says which protocol and device produced it.
 """
 
@@ -27,7 +30,7 @@ from decision_rnn.training import train
 PROTOCOLS = {
     "paper": TrainConfig(),
     "cpu": TrainConfig(steps=3000, lr=1e-3, warmup_steps=300, lr_decay="cosine", window_align="end",
-                      episode_batch_size=4, checkpoint_every=1000),
+                      grad_clip=0.25 / 3, episode_batch_size=4, checkpoint_every=1000),
 }
 
 

@@ -39,6 +39,9 @@ they change nothing: their rows are v2's. Under v3 their converses take one of t
   (which end-alignment trains fully) and its last ones (which start-alignment does) are both trained as
   often as the rest (`WindowSampler(align="uniform")`).
 - `constant-lr`: DT's constant rate again (v3's end-aligned windows alone).
+Code v4 made `d3rlpy-model` the default (ReLU and N(0, 0.02) init in decision_rnn/config.py, clip 0.25 / 3
+in the CPU protocol) and the grid adopted its v3 runs (`results_grid.py --adopt`); under v4 it and its
+parts (`relu`, `gpt2-init`, `timestep-init-0.02`, `grad-clip-0.083`) change nothing.
 Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
 Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """

@@ -50,12 +50,19 @@ AGENTS = ["mingru", "minlstm", "lru", "transformer", "d3rlpy-dt"]
 SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
 
 
-CODE_VERSION = 3
+CODE_VERSION = 4
 """Our agents' training code and protocol, as far as they change grid scores. 1: a window that starts
 mid-episode fed a zero previous action to its first step (compact tokens). 2 (commit 2cb0dfc): batches
 carry the true previous action. 3: the CPU protocol decays the rate (cosine) and end-aligns windows
-(experiments/protocol.py). A cell is done only by a row of the current version (d3rlpy's rows: any
+(experiments/protocol.py). 4: d3rlpy's model recipe: ReLU and N(0, 0.02) init by default
+(decision_rnn/config.py), the CPU protocol clips at 0.25 / 3 (`d3rlpy-model` in recipe_ablation.py). A cell is done only by a row of the current version (d3rlpy's rows: any
 version)."""
+
+ADOPTED = {("d3rlpy-model", 3): 4}
+"""Recipe-ablation runs, by (variant, code version), that trained exactly what a later grid version trains:
+v4 made `d3rlpy-model`'s options the defaults (tests/test_grid.py checks that they now change nothing; a
+40-update run at the ablation's commit and at v4's gave identical weights). `--adopt` copies them into the
+grid as that version's runs, marked in `source`; the ablation did not record training wall-clock."""
 
 
 def agent_context(agent: str) -> str:
@@ -171,6 +178,40 @@ def dataset_reference(ids):
     return float(np.mean(scores)), float(np.max(scores)), float(np.mean(data.episode_lengths))
 
 
+def adopted_runs(ablation: pd.DataFrame, episodes: int = 10) -> tuple[list[dict], list[dict]]:
+    """Grid rows and curve rows for the `ADOPTED` recipe-ablation runs (last curve point = the run's score).
+    `episodes`: what the ablation evaluated with (its default, 10)."""
+    rows, curves = [], []
+    for (variant, version), grid_version in ADOPTED.items():
+        mine = ablation[(ablation.variant == variant) & (versions(ablation) == version)]
+        for (name, agent, seed), run in mine.groupby(["dataset", "agent", "seed"]):
+            last = run[run.kind == "curve"].sort_values("x").iloc[-1]
+            source = f"recipe_ablation {variant} v{version}"
+            rows.append({"dataset": name, "agent": agent, "seed": seed,
+                         "datasets": "+".join(d.split("/")[-1].removesuffix("-v0") for d in DATASETS[name]),
+                         "env_id": load_env_id(DATASETS[name]), "tokens": "compact", "context": "window",
+                         "protocol": "cpu", "updates": last.x, "score": last.score, "episodes": episodes,
+                         "device": "cpu", "version": grid_version, "source": source})
+            curves += [{"dataset": name, "agent": agent, "seed": seed, "context": "window", "kind": r.kind,
+                        "x": r.x, "score": r.score, "version": grid_version, "source": source}
+                       for r in run.itertuples()]
+    return rows, curves
+
+
+def adopt(protocol: str) -> None:
+    """Append the `ADOPTED` runs the grid does not have yet (a cell of the grid's own wins)."""
+    ablation = pd.read_csv(ROOT / "results" / f"recipe_ablation_{protocol}.csv")
+    csv_path = ROOT / "results" / f"grid_{protocol}.csv"
+    done = pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=["dataset", "agent", "seed", "version"])
+    have = set(zip(done.dataset, done.agent, done.seed, versions(done)))
+    rows, curves = adopted_runs(ablation)
+    new = {(r["dataset"], r["agent"], r["seed"], r["version"]) for r in rows} - have
+    append_rows(ROOT / "results" / f"grid_{protocol}_curves.csv",
+                [c for c in curves if (c["dataset"], c["agent"], c["seed"], c["version"]) in new])
+    append_rows(csv_path, [r for r in rows if (r["dataset"], r["agent"], r["seed"], r["version"]) in new])
+    print(f"adopted {len(new)} run(s) from the recipe ablation")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
@@ -182,7 +223,10 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (run one worker per core)")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown report from the CSV")
+    p.add_argument("--adopt", action="store_true", help="first copy the ADOPTED recipe-ablation runs into the grid")
     args = p.parse_args()
+    if args.adopt:
+        adopt(args.protocol)
     torch.set_num_threads(args.threads)
     csv_path = ROOT / "results" / f"grid_{args.protocol}.csv"
     curves_path = ROOT / "results" / f"grid_{args.protocol}_curves.csv"
@@ -236,7 +280,8 @@ def score_table(frame: pd.DataFrame, columns: list[str]) -> tuple[list[str], pd.
                 continue
             r = stats.loc[(name, column)]
             sd = f" ± {r['std']:.1f}" if r["n"] > 1 else ""
-            cells.append(f"{r['mean']:.1f}{sd} (n={int(r['n'])}, {r['wall'] / 60:.0f} min)")
+            wall = "" if np.isnan(r["wall"]) else f", {r['wall'] / 60:.0f} min"  # adopted runs have none
+            cells.append(f"{r['mean']:.1f}{sd} (n={int(r['n'])}{wall})")
         lines.append(f"| {name} | {mean:.1f} / {best:.1f} | {length:.0f} | " + " | ".join(cells) + " |")
     return lines, stats.rename_axis(index={"column": "agent"})
 
@@ -261,7 +306,8 @@ def write_report(frame, protocol):
     table, stats = score_table(now, agents)
     contexts = ", ".join(f"{a} {agent_context(a)}" for a in agents)
     lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
-             f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes. Context: {contexts}.",
+             f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes (over the runs that "
+             f"recorded it: runs adopted from the recipe ablation did not). Context: {contexts}.",
              "", *table, "", *goal_check(stats, agents), "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
              *paired(now, "mingru", "d3rlpy-dt"), *paired(now, "mingru", "transformer"), *against_previous(frame),

@@ -38,3 +38,14 @@ def test_unknown_config_field_is_reported(tmp_path):
     cfg.write_text(json.dumps({"model": {"embed_size": 8}}))
     with pytest.raises(ValueError, match="unknown ModelConfig field.*embed_size"):
         main(["train", "--out", str(tmp_path / "run"), "--steps", "1", "--config", str(cfg)])
+
+
+def test_none_turns_an_optional_init_off_and_a_number_sets_it(tmp_path, capsys):
+    small = ["--embed-dim", "8", "--n-layers", "1", "--batch-size", "2", "--steps", "1", "--tokens", "compact"]
+    assert main(["train", "--out", str(tmp_path / "a"), "--block-init-std", "none", "--timestep-init-std", "None",
+                 "--activation", "gelu", *small]) == 0
+    model = json.loads((tmp_path / "a" / "config.json").read_text())["model"]
+    assert model["block_init_std"] is None and model["timestep_init_std"] is None and model["activation"] == "gelu"
+    assert main(["train", "--out", str(tmp_path / "b"), "--block-init-std", "0.05", *small]) == 0
+    model = json.loads((tmp_path / "b" / "config.json").read_text())["model"]
+    assert model["block_init_std"] == 0.05 and model["timestep_init_std"] == 0.02 and model["activation"] == "relu"

@@ -197,3 +197,37 @@ def test_sweep_means_average_each_runs_last_checkpoint_over_all_four_targets(gri
                           + [{**run, "seed": 1, "kind": "target", "x": 3600.0, "score": 20.0}])  # incomplete sweep
     swept = grid.sweep_means(runs, curves)
     assert list(swept.seed) == [0] and swept.score.tolist() == [20.0]
+
+
+def test_adopted_ablation_variants_are_the_defaults_of_the_version_that_adopts_them(grid):
+    from dataclasses import replace
+
+    from decision_rnn import ModelConfig
+
+    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    for (variant, _), version in grid.ADOPTED.items():
+        if version != grid.CODE_VERSION:
+            continue
+        model_options, train_options = ablation.VARIANTS[variant]
+        assert ModelConfig(obs_dim=11, act_dim=3, **model_options) == ModelConfig(obs_dim=11, act_dim=3)
+        cpu = grid.PROTOCOLS["cpu"]
+        assert replace(cpu, **train_options) == cpu
+
+
+def test_adopted_runs_become_grid_runs_of_the_adopting_version(grid, monkeypatch):
+    monkeypatch.setattr(grid, "load_env_id", lambda ids: "Hopper-v5")
+    (variant, version), grid_version = next(iter(grid.ADOPTED.items()))
+    run = {"dataset": "hopper-medium", "agent": "mingru", "seed": 1}
+    frame = pd.DataFrame([{**run, "variant": variant, "version": version, "kind": "curve", "x": x, "score": s}
+                          for x, s in [(1000.0, 10.0), (3000.0, 30.0), (2000.0, 20.0)]]
+                         + [{**run, "variant": variant, "version": version, "kind": "target", "x": 3600.0, "score": 30.0},
+                            {**run, "variant": variant, "version": version + 1, "kind": "curve", "x": 3000.0,
+                             "score": 99.0},  # another version: not adopted
+                            {**run, "variant": "relu", "version": version, "kind": "curve", "x": 3000.0, "score": 98.0}])
+    rows, curves = grid.adopted_runs(frame)
+    assert len(rows) == 1 and rows[0]["score"] == 30.0 and rows[0]["updates"] == 3000.0
+    assert rows[0]["version"] == grid_version and rows[0]["context"] == "window"
+    assert sorted(c["score"] for c in curves) == [10.0, 20.0, 30.0, 30.0]
+    assert {c["version"] for c in curves} == {grid_version}

@@ -129,6 +129,27 @@ def test_resume_before_the_first_checkpoint_starts_clean_logs(embedded, tmp_path
     assert read_losses(interrupted) == read_losses(tmp_path / "full")  # 12 rows, not 24
 
 
+def test_a_checkpoint_from_before_the_v4_defaults_loads_and_resumes_as_it_was_built(embedded, tmp_path):
+    from dataclasses import replace
+
+    from decision_rnn.config import LEGACY_MODEL_DEFAULTS
+
+    model_cfg, cfg = small_configs(embedded, 10)
+    old_cfg = replace(model_cfg, **LEGACY_MODEL_DEFAULTS)  # GELU, PyTorch init: what such runs were built with
+    train(embedded, old_cfg, cfg, tmp_path, progress=False)
+    meta_path = next((tmp_path / "checkpoints").glob("step_*")) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for field in LEGACY_MODEL_DEFAULTS:  # a checkpoint written before these fields existed
+        del meta["model_config"][field]
+    meta_path.write_text(json.dumps(meta))
+    loaded, _ = load_model(tmp_path)
+    assert loaded.config == old_cfg and loaded.config.activation == "gelu"
+    _, longer = small_configs(embedded, 20)
+    assert train(embedded, old_cfg, longer, tmp_path, resume=True, progress=False)["steps"] == 20
+    with pytest.raises(CheckpointError, match=r"model\.activation: checkpoint 'gelu', now 'relu'"):
+        train(embedded, model_cfg, longer, tmp_path, resume=True, progress=False)
+
+
 def test_resume_with_another_config_is_refused_and_names_the_differences(embedded, tmp_path):
     model_cfg, cfg = small_configs(embedded, 10)
     train(embedded, model_cfg, cfg, tmp_path, progress=False)

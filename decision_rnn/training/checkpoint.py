@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import ModelConfig, config_from_dict
+from ..config import model_config_from_saved
 from ..models import DecisionRNN
 
 FORMAT_VERSION = 1
@@ -162,7 +162,7 @@ def read_meta(checkpoint: str | os.PathLike, *, verify: bool = True) -> dict[str
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DecisionRNN, dict]:
     """Rebuild the model from a checkpoint alone (no training code or dataset needed). Eval mode."""
     meta = read_meta(checkpoint)
-    model = DecisionRNN(config_from_dict(ModelConfig, meta["model_config"]))
+    model = DecisionRNN(model_config_from_saved(meta["model_config"]))
     try:
         weights = load_file(str(Path(meta["path"]) / WEIGHTS))
     except Exception as e:  # safetensors raises its own error type for malformed files

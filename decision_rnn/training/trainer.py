@@ -27,7 +27,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig, default_context, validate
+from ..config import LEGACY_MODEL_DEFAULTS, TrainConfig, default_context, validate
 from ..data import EpisodeSampler, StreamSampler, WindowSampler
 from ..models import DecisionRNN
 from .checkpoint import CheckpointError, find_checkpoint, load_model, load_trainer_state, save_checkpoint
@@ -172,13 +172,14 @@ class Trainer:
 
     def _check_same_run(self, meta: dict[str, Any]) -> None:
         """Refuse to resume a checkpoint written with another model or training config (or dataset)."""
-        saved = {**{f"model.{k}": v for k, v in meta.get("model_config", {}).items()},
+        model_config = {**LEGACY_MODEL_DEFAULTS, **meta.get("model_config", {})}  # what older runs were built with
+        saved = {**{f"model.{k}": v for k, v in model_config.items()},
                  **{f"train.{k}": v for k, v in meta.get("train_config", {}).items() if k not in self.RESUMABLE},
                  "datasets": meta.get("datasets")}
         now = {**{f"model.{k}": v for k, v in asdict(self.model.config).items()},
                **{f"train.{k}": v for k, v in asdict(self.config).items() if k not in self.RESUMABLE},
                "datasets": self.meta.get("datasets")}
-        # a field the checkpoint lacks was added later, with a default that keeps the old behaviour
+        # another field the checkpoint lacks was added later, with a default that keeps the old behaviour
         differ = [f"{k}: checkpoint {saved[k]!r}, now {now.get(k)!r}" for k in sorted(saved) if saved[k] != now.get(k)]
         if differ:
             raise CheckpointError(f"{self.run_dir} was trained with another configuration; resuming would mix two "
