@@ -86,10 +86,12 @@ def quickstart(args) -> str:
     dataset = load_dataset(str(EMBEDDED_DATASET))
     out = Path(args.quickstart_out)
     model_cfg = ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone="mingru", tokens="compact")
-    # the CPU protocol (experiments/protocol.py): few updates, so a 10x learning rate and a short warm-up
+    # the CPU protocol (experiments/protocol.py): few updates, so a 10x learning rate and a short warm-up,
+    # a cosine decay, end-aligned windows and d3rlpy's effective clip
     train_cfg = TrainConfig(steps=args.quickstart_steps, context="window", lr=1e-3,
-                            warmup_steps=args.quickstart_steps // 10, checkpoint_every=args.quickstart_steps,
-                            log_every=50, device=args.device)
+                            warmup_steps=args.quickstart_steps // 10, lr_decay="cosine", window_align="end",
+                            grad_clip=0.25 / 3, checkpoint_every=args.quickstart_steps, log_every=50,
+                            device=args.device)
     log.info("quickstart: %d updates of %s on %s (%d episodes)", train_cfg.steps, model_cfg.backbone,
              dataset.ids[0], dataset.num_episodes)
     train(dataset, model_cfg, train_cfg, out, resume=True)

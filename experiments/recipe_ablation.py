@@ -174,8 +174,9 @@ def per_dataset(diff: pd.Series, sweep: pd.Series, grid: pd.DataFrame, min_datas
             continue
         base = grid.xs((version, agent), level=["version", "agent"]).reindex(d.index)
         levels = ["version", "agent", "variant"]
-        mine = (sweep.index.droplevel(["dataset", "seed"]) == (version, agent, variant)) if len(sweep) else []
-        swept = sweep[mine].droplevel(levels).reindex(d.index)
+        has = len(sweep) and (version, agent, variant) in sweep.index.droplevel(["dataset", "seed"])
+        swept = (sweep.xs((version, agent, variant), level=levels).reindex(d.index) if has
+                 else pd.Series(float("nan"), index=d.index))
         table = pd.DataFrame({"seeds": d.groupby(level="dataset").size(),
                               "grid run": base.groupby(level="dataset").mean(),
                               variant: (base + d).groupby(level="dataset").mean(),
