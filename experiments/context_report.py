@@ -62,7 +62,7 @@ def main():
             "Each cell: mean over seeds in bold, then the seeds' scores (last checkpoint, DT's target return). "
             "vN: the code version (`CODE_VERSION` in experiments/results_grid.py; v2 feeds a window's first step "
             "its true previous action, v1 fed zero; v3 adds the CPU protocol's cosine rate decay and end-aligned "
-            "windows).\n\n"
+            "windows; v4 d3rlpy's model recipe: ReLU, N(0, 0.02) init, clip 0.25 / 3).\n\n"
             f"{table(frame)}\n")
     (ROOT / "results" / "context_cpu.md").write_text(text)
     print(text)
