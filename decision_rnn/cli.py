@@ -1,6 +1,6 @@
 """`decision-rnn` command line: train, evaluate, export.
 
-Config precedence: dataclass defaults (the paper's) < `--config FILE` (JSON: {"model": {...},
+Config precedence: dataclass defaults (DT's, with d3rlpy's noted in config.py) < `--config FILE` (JSON: {"model": {...},
 "train": {...}}) < flags given on the command line. `--resume` reuses the run's saved config.
 """
 
@@ -31,8 +31,9 @@ MODEL_FLAGS = {"backbone": str, "tokens": str, "embed_dim": int, "n_layers": int
                "block_init_std": float_or_none}
 TRAIN_FLAGS = {"steps": int, "batch_size": int, "context": str, "window_align": str, "episode_batch_size": int,
                "episode_max_len": int, "lr": float, "weight_decay": float, "warmup_steps": int, "lr_decay": str,
-               "ema_decay": float_or_none, "grad_clip": float, "seed": int, "device": str, "compile": bool, "log_every": int,
-               "checkpoint_every": int, "eval_every": int, "eval_episodes": int, "target_return": float}
+               "ema_decay": float_or_none, "grad_clip": float, "seed": int, "device": str, "compile": bool,
+               "log_every": int, "checkpoint_every": int, "eval_every": int, "eval_episodes": int,
+               "target_return": float}
 
 
 def _configs(args, dataset) -> tuple[ModelConfig, TrainConfig]:
@@ -44,7 +45,8 @@ def _configs(args, dataset) -> tuple[ModelConfig, TrainConfig]:
     train = dict(file_cfg.get("train", {}))
     for section, flags in ((model, MODEL_FLAGS), (train, TRAIN_FLAGS)):
         given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
-        section.update({name: None if value == NONE else value for name, value in given.items()})
+        section.update({name: None if flags[name] is float_or_none and value == NONE else value
+                        for name, value in given.items()})
     model_cfg = config_from_dict(ModelConfig, model)
     train.setdefault("context", default_context(model_cfg.backbone))
     return model_cfg, config_from_dict(TrainConfig, train)
@@ -81,7 +83,7 @@ def cmd_train(args) -> int:
 def quickstart(args) -> str:
     """No run given: train a small agent on the embedded dataset, then evaluate it (README main job)."""
     from .data import EMBEDDED_DATASET, load_dataset
-    from .training import train
+    from .training import CheckpointError, train
 
     dataset = load_dataset(str(EMBEDDED_DATASET))
     out = Path(args.quickstart_out)
@@ -94,7 +96,11 @@ def quickstart(args) -> str:
                             device=args.device)
     log.info("quickstart: %d updates of %s on %s (%d episodes)", train_cfg.steps, model_cfg.backbone,
              dataset.ids[0], dataset.num_episodes)
-    train(dataset, model_cfg, train_cfg, out, resume=True)
+    try:
+        train(dataset, model_cfg, train_cfg, out, resume=True)
+    except CheckpointError as e:  # a quickstart of an older decision-rnn, whose defaults differ
+        raise CheckpointError(f"{out} holds a quickstart trained with other settings (an older decision-rnn?); "
+                              f"remove it (rm -r {out}) to train a new one.\n{e}") from e
     return str(out)
 
 

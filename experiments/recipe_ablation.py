@@ -6,15 +6,16 @@ The baselines are the grid's runs of the same (dataset, agent, seed), one per co
 from results/grid_cpu*.csv (run results_grid.py first). Each variant changes one thing that d3rlpy's DT
 does differently:
 - `timestep-init-0.02`: d3rlpy initialises its timestep embedding at GPT-2's N(0, 0.02); DT's code (and
-  our default) leaves nn.Embedding's N(0, 1).
+  our default up to v3) leaves nn.Embedding's N(0, 1).
 - `grad-clip-0.083`: d3rlpy sums the squared error over the action dimensions (x act_dim = 3 on Hopper)
-  before the same 0.25 gradient clip; under Adam that equals our mean loss clipped at 0.25 / 3.
+  before the same 0.25 gradient clip; under Adam that equals our mean loss clipped at 0.25 / 3 (the CPU
+  protocol's clip since v4).
 - `window-align-end` (window context only): d3rlpy's windows END at a uniformly drawn step; DT's code
   (and our default) STARTS them there.
 - `tokens-interleaved`: DT's and d3rlpy's (return, state, action) tokens instead of our compact ones.
 - `gpt2-init`: d3rlpy's init, N(0, 0.02) for every Linear in the blocks (zero biases) and for the
-  timestep embedding; ours is PyTorch's default.
-- `relu`: ReLU in the blocks' MLPs, DT's gym default and d3rlpy's; ours is GPT-2's GELU.
+  timestep embedding; ours up to v3 was PyTorch's default.
+- `relu`: ReLU in the blocks' MLPs, DT's gym default and d3rlpy's; ours up to v3 was GPT-2's GELU.
 - `d3rlpy-model`: d3rlpy's ReLU, GPT-2 init and effective clip, keeping our compact tokens and the
   agent's own context: the part of d3rlpy's recipe a recurrent agent can take.
 - `d3rlpy-recipe`: all of the above at once, in DT windows (what our transformer trains on anyway).

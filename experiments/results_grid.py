@@ -55,14 +55,15 @@ CODE_VERSION = 4
 mid-episode fed a zero previous action to its first step (compact tokens). 2 (commit 2cb0dfc): batches
 carry the true previous action. 3: the CPU protocol decays the rate (cosine) and end-aligns windows
 (experiments/protocol.py). 4: d3rlpy's model recipe: ReLU and N(0, 0.02) init by default
-(decision_rnn/config.py), the CPU protocol clips at 0.25 / 3 (`d3rlpy-model` in recipe_ablation.py). A cell is done only by a row of the current version (d3rlpy's rows: any
-version)."""
+(decision_rnn/config.py), the CPU protocol clips at 0.25 / 3 (`d3rlpy-model` in recipe_ablation.py).
+A cell is done only by a row of the current version (d3rlpy's rows: any version)."""
 
 ADOPTED = {("d3rlpy-model", 3): 4}
 """Recipe-ablation runs, by (variant, code version), that trained exactly what a later grid version trains:
 v4 made `d3rlpy-model`'s options the defaults (tests/test_grid.py checks that they now change nothing; a
 40-update run at the ablation's commit and at v4's gave identical weights). `--adopt` copies them into the
-grid as that version's runs, marked in `source`; the ablation did not record training wall-clock."""
+grid as that version's runs, marked in `source` (compact tokens and window context, as the grid's; the
+ablation did not record training wall-clock)."""
 
 
 def agent_context(agent: str) -> str:
@@ -200,7 +201,10 @@ def adopted_runs(ablation: pd.DataFrame, episodes: int = 10) -> tuple[list[dict]
 
 def adopt(protocol: str) -> None:
     """Append the `ADOPTED` runs the grid does not have yet (a cell of the grid's own wins)."""
-    ablation = pd.read_csv(ROOT / "results" / f"recipe_ablation_{protocol}.csv")
+    path = ROOT / "results" / f"recipe_ablation_{protocol}.csv"
+    if not path.exists():
+        raise SystemExit(f"--adopt: no {path.name} (the recipe ablation runs the cpu protocol only)")
+    ablation = pd.read_csv(path)
     csv_path = ROOT / "results" / f"grid_{protocol}.csv"
     done = pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=["dataset", "agent", "seed", "version"])
     have = set(zip(done.dataset, done.agent, done.seed, versions(done)))

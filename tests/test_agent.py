@@ -90,11 +90,11 @@ def test_activation_selects_the_mlp_nonlinearity():
 
 def test_timestep_init_std_scales_only_the_timestep_embedding():
     torch.manual_seed(0)
-    default = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, timestep_init_std=None))  # nn.Embedding's N(0, 1)
+    unit = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, timestep_init_std=None))  # nn.Embedding's N(0, 1)
     torch.manual_seed(0)
     small = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, timestep_init_std=0.02))
-    torch.testing.assert_close(small.embed_timestep.weight, 0.02 * default.embed_timestep.weight)
-    for (name, a), (_, b) in zip(default.state_dict().items(), small.state_dict().items()):
+    torch.testing.assert_close(small.embed_timestep.weight, 0.02 * unit.embed_timestep.weight)
+    for (name, a), (_, b) in zip(unit.state_dict().items(), small.state_dict().items()):
         if name != "embed_timestep.weight":
             assert torch.equal(a, b), name
 

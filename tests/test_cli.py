@@ -49,3 +49,43 @@ def test_none_turns_an_optional_init_off_and_a_number_sets_it(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "b"), "--block-init-std", "0.05", *small]) == 0
     model = json.loads((tmp_path / "b" / "config.json").read_text())["model"]
     assert model["block_init_std"] == 0.05 and model["timestep_init_std"] == 0.02 and model["activation"] == "relu"
+
+
+def test_none_is_kept_as_a_choice_where_it_is_one(tmp_path):
+    small = ["--embed-dim", "8", "--n-layers", "1", "--batch-size", "2", "--steps", "1", "--tokens", "compact"]
+    assert main(["train", "--out", str(tmp_path / "a"), "--lr-decay", "none", *small]) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["lr_decay"] == "none"
+
+
+def test_resume_of_a_run_saved_before_the_v4_defaults_keeps_its_model(tmp_path, capsys):
+    from decision_rnn.config import LEGACY_MODEL_DEFAULTS
+
+    run = tmp_path / "old"
+    small = ["--embed-dim", "8", "--n-layers", "1", "--batch-size", "2", "--tokens", "compact", "--log-every", "1"]
+    assert main(["train", "--out", str(run), "--steps", "2", "--activation", "gelu", "--block-init-std", "none",
+                 "--timestep-init-std", "none", *small]) == 0
+    for path in [run / "config.json", *(run / "checkpoints").glob("step_*/meta.json")]:  # as an older version wrote
+        saved = json.loads(path.read_text())
+        for field in LEGACY_MODEL_DEFAULTS:
+            del saved["model" if path.name == "config.json" else "model_config"][field]
+        path.write_text(json.dumps(saved))
+    assert main(["train", "--out", str(run), "--steps", "3", "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 3
+    assert json.loads((run / "config.json").read_text())["model"]["activation"] == "gelu"
+
+
+def test_quickstart_trains_then_evaluates_and_names_the_fix_for_a_stale_folder(tmp_path, capsys):
+    from decision_rnn.config import LEGACY_MODEL_DEFAULTS
+    from decision_rnn.training import CheckpointError
+
+    out = tmp_path / "quickstart"
+    args = ["evaluate", "--quickstart-out", str(out), "--quickstart-steps", "2", "--episodes", "1", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint_step"] == 2
+    for meta in (out / "checkpoints").glob("step_*/meta.json"):  # as a quickstart of an older version
+        saved = json.loads(meta.read_text())
+        for field in LEGACY_MODEL_DEFAULTS:
+            del saved["model_config"][field]
+        meta.write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match=f"rm -r {out}"):
+        main(args)

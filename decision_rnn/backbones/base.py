@@ -30,7 +30,7 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 class MLP(nn.Module):
     """Feed-forward, `expansion` x wider inside (GPT-2 and DT: 4); GELU (GPT-2) or ReLU (DT's gym code)."""
 
-    def __init__(self, dim: int, expansion: int, dropout: float, activation: str = "gelu"):
+    def __init__(self, dim: int, expansion: int, dropout: float, activation: str = "relu"):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -75,7 +75,7 @@ class Backbone(nn.Module):
     """True when `step` costs the same at every step and the state has a fixed size."""
 
     def __init__(self, dim: int, n_layers: int, mixer: Callable[[], nn.Module], *, mlp_expansion: int,
-                 dropout: float, activation: str = "gelu"):
+                 dropout: float, activation: str = "relu"):
         super().__init__()
         self.dim = dim
         self.blocks = nn.ModuleList(Block(dim, mixer(), mlp_expansion, dropout, activation)

@@ -72,7 +72,7 @@ class LRU(Backbone):
 
     def __init__(self, dim: int, n_layers: int, *, state_dim: int | None = None, r_min: float = 0.9,
                  r_max: float = 0.999, max_phase: float = 2 * math.pi, mlp_expansion: int = 4,
-                 dropout: float = 0.0, activation: str = "gelu"):
+                 dropout: float = 0.0, activation: str = "relu"):
         """`state_dim`: complex state size N (default 2 * dim; the paper tunes it per task).
         `r_min`, `r_max`, `max_phase`: ring init. 0.9 / 0.999 / 2 pi is the ring the paper trains most
         Long Range Arena tasks from (Sec. 3.3, appendix hyper-parameters); its Appendix A code and the

@@ -90,7 +90,7 @@ class MinRNN(Backbone):
     mixer_cls: type[MinRNNMixer]
 
     def __init__(self, dim: int, n_layers: int, *, expansion: int = 2, mlp_expansion: int = 4,
-                 dropout: float = 0.0, activation: str = "gelu", scan: str = "linear"):
+                 dropout: float = 0.0, activation: str = "relu", scan: str = "linear"):
         """`expansion`: recurrent width / dim (the paper leaves the hidden size free; 2 here).
         `mlp_expansion`: MLP width / dim (GPT-2 and DT: 4). `dropout`: on the residual branches.
         `activation`: the MLP's, "gelu" or "relu".

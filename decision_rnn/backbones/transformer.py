@@ -53,7 +53,7 @@ class Transformer(Backbone):
     recurrent = False
 
     def __init__(self, dim: int, n_layers: int, *, n_heads: int = 1, context: int = 20,
-                 mlp_expansion: int = 4, dropout: float = 0.0, activation: str = "gelu"):
+                 mlp_expansion: int = 4, dropout: float = 0.0, activation: str = "relu"):
         """`n_heads`: attention heads (DT gym: 1). `context`: inputs the window holds (DT's K=20 steps;
         an agent with several tokens per step passes tokens, e.g. 3K). `mlp_expansion`: MLP width / dim
         (GPT-2: 4). `dropout`: on attention weights and residual branches (DT: 0.1; default 0 here).
