@@ -287,6 +287,9 @@ def score_table(frame: pd.DataFrame, columns: list[str]) -> tuple[list[str], pd.
             wall = "" if np.isnan(r["wall"]) else f", {r['wall'] / 60:.0f} min"  # adopted runs have none
             cells.append(f"{r['mean']:.1f}{sd} (n={int(r['n'])}{wall})")
         lines.append(f"| {name} | {mean:.1f} / {best:.1f} | {length:.0f} | " + " | ".join(cells) + " |")
+    means = stats["mean"].unstack("column").reindex(columns=columns)
+    average = [f"{means[c].mean():.1f}" if means[c].notna().all() else "—" for c in columns]
+    lines.append("| mean over datasets | | | " + " | ".join(average) + " |")
     return lines, stats.rename_axis(index={"column": "agent"})
 
 
