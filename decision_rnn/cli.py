@@ -1,7 +1,8 @@
 """`decision-rnn` command line: train, evaluate, export.
 
 Config precedence: dataclass defaults (DT's, with d3rlpy's noted in config.py) < `--config FILE` (JSON: {"model": {...},
-"train": {...}}) < flags given on the command line. `--resume` reuses the run's saved config.
+"train": {...}}) < flags given on the command line. `--resume` reuses the run's saved config and data;
+only how long it runs and how it logs, checkpoints and evaluates (`Trainer.RESUMABLE`) follow the flags.
 """
 
 from __future__ import annotations
@@ -52,20 +53,35 @@ def _configs(args, dataset) -> tuple[ModelConfig, TrainConfig]:
     return model_cfg, config_from_dict(TrainConfig, train)
 
 
+def default_out(args, ids) -> Path:
+    """runs/BACKBONE-ENV-DATASET, e.g. runs/mingru-hopper-medium-v0 (every id's name, when combined)."""
+    file_model = json.loads(Path(args.config).read_text()).get("model", {}) if args.config else {}
+    backbone = args.backbone or file_model.get("backbone", "mingru")
+    def name(i):  # a Minari id keeps its env (zoo/hopper/medium-v0 -> hopper-medium-v0); a path, its file name
+        i = Path(i)
+        return i.stem if i.exists() or not i.parent.name else f"{i.parent.name}-{i.name}"
+
+    return Path("runs") / "-".join([backbone, *(name(i) for i in ids)])
+
+
 def cmd_train(args) -> int:
     from .data import EMBEDDED_DATASET, load_dataset
     from .evaluation import default_target_return, make_eval_hook
-    from .training import train
+    from .training import Trainer, train
 
-    ids = args.dataset or [str(EMBEDDED_DATASET)]
+    saved = None
+    if args.resume and args.out and (Path(args.out) / "config.json").exists():
+        saved = json.loads((Path(args.out) / "config.json").read_text())
+    # resuming without --dataset continues on the run's own data
+    ids = args.dataset or (saved.get("sources", saved["datasets"]) if saved else [str(EMBEDDED_DATASET)])
     dataset = load_dataset(ids if len(ids) > 1 else ids[0], download=args.download)
-    out = Path(args.out or f"runs/{(args.backbone or 'mingru')}-{Path(ids[0]).name}")
-    if args.resume and (out / "config.json").exists():
+    out = Path(args.out) if args.out else default_out(args, ids)
+    if args.resume and saved is None and (out / "config.json").exists():
         saved = json.loads((out / "config.json").read_text())
+    if saved is not None:  # the run's own config; only what may change on resume is taken from the flags
         model_cfg = model_config_from_saved(saved["model"])
-        train_dict = saved["train"]
-        if args.steps is not None:
-            train_dict["steps"] = args.steps
+        train_dict = dict(saved["train"])
+        train_dict.update({name: getattr(args, name) for name in Trainer.RESUMABLE if getattr(args, name) is not None})
         train_cfg = config_from_dict(TrainConfig, train_dict)
     else:
         model_cfg, train_cfg = _configs(args, dataset)
@@ -151,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an agent on offline data")
     t.add_argument("--dataset", action="append", help="Minari id, Minari dataset dir or D4RL .hdf5; repeat to combine")
     t.add_argument("--download", action="store_true", help="let Minari download missing ids (needs internet)")
-    t.add_argument("--out", help="run directory (default runs/BACKBONE-DATASET)")
+    t.add_argument("--out", help="run directory (default runs/BACKBONE-ENV-DATASET)")
     t.add_argument("--config", help="JSON file with 'model' and 'train' sections")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     for name, kind in {**MODEL_FLAGS, **TRAIN_FLAGS}.items():

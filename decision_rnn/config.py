@@ -13,7 +13,7 @@ Configs are plain data: no side effects, serialisable with `dataclasses.asdict`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 TOKENIZATIONS = ("interleaved", "compact")
@@ -171,5 +171,5 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
                          "window, not a state: use context 'window' for it")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "asdict", "config_from_dict", "default_context", "model_config_from_saved",
-           "validate"]
+__all__ = ["LEGACY_MODEL_DEFAULTS", "WINDOW_ALIGNS", "ModelConfig", "TrainConfig", "config_from_dict",
+           "default_context", "model_config_from_saved", "validate"]

@@ -11,7 +11,7 @@ does differently:
   before the same 0.25 gradient clip; under Adam that equals our mean loss clipped at 0.25 / 3 (the CPU
   protocol's clip since v4).
 - `window-align-end` (window context only): d3rlpy's windows END at a uniformly drawn step; DT's code
-  (and our default) STARTS them there.
+  (and `TrainConfig`'s default) STARTS them there. The CPU protocol end-aligns since v3.
 - `tokens-interleaved`: DT's and d3rlpy's (return, state, action) tokens instead of our compact ones.
 - `gpt2-init`: d3rlpy's init, N(0, 0.02) for every Linear in the blocks (zero biases) and for the
   timestep embedding; ours up to v3 was PyTorch's default.
@@ -22,8 +22,9 @@ does differently:
   What remains different is minor: d3rlpy's LayerNorm eps (3e-3 vs 1e-5), its loss averaging over
   padded steps too, and its AdamW leaving biases, LayerNorms and embeddings out of the weight decay
   (1e-4 x lr 1e-3 = 1e-7 shrinkage per update here, negligible).
-- `window-context` (recurrent agents): DT's 64 K-step windows per update instead of the CPU protocol's
-  4 whole episodes, i.e. 64 different episodes in each batch instead of 4.
+- `window-context` (recurrent agents): DT's 64 K-step windows per update instead of the v1 CPU protocol's
+  4 whole episodes, i.e. 64 different episodes in each batch instead of 4. Windows are every agent's
+  default context since v2 (`default_context`), so it now changes nothing: its rows are v1's.
 - `stream-context` (recurrent agents): 64 streams walking whole episodes in consecutive K-step chunks, the
   state carried from chunk to chunk (truncated BPTT): a window batch's variety and cost, with the
   rollout's state (`TrainConfig.context`).

@@ -131,6 +131,9 @@ def d3rlpy_run(ids, protocol, seed, episodes, device, threads):
     """d3rlpy's DT with the same number of updates, learning rate and warm-up as our agents get."""
     cfg = protocol_config(protocol)
     python = ROOT / ".venv-d3rlpy" / "bin" / "python"
+    if not python.exists():
+        raise RuntimeError(f"d3rlpy's DT runs in its own venv, which is missing ({python}): "
+                           "run `bash experiments/setup_d3rlpy.sh` first")
     target = default_target_return(load_env_id(ids))
     cmd = [str(python), str(ROOT / "experiments" / "d3rlpy_baseline.py"), "train", "--steps", str(cfg.steps),
            "--seed", str(seed), "--episodes", str(episodes), "--lr", str(cfg.lr), "--warmup", str(cfg.warmup_steps),

@@ -89,3 +89,36 @@ def test_quickstart_trains_then_evaluates_and_names_the_fix_for_a_stale_folder(t
         meta.write_text(json.dumps(saved))
     with pytest.raises(CheckpointError, match=f"rm -r {out}"):
         main(args)
+
+
+def test_resume_keeps_the_runs_data_and_takes_only_resumable_flags(tmp_path, capsys):
+    from decision_rnn.data import EMBEDDED_DATASET
+
+    run = tmp_path / "combined"
+    small = ["--embed-dim", "8", "--n-layers", "1", "--batch-size", "2", "--tokens", "compact", "--log-every", "1"]
+    data = ["--dataset", str(EMBEDDED_DATASET)] * 2  # two ids: a resume on the embedded default would differ
+    assert main(["train", "--out", str(run), "--steps", "2", *data, *small]) == 0
+    # no --dataset: the run's own two ids; --log-every may change, --lr (not resumable) is ignored
+    assert main(["train", "--out", str(run), "--steps", "3", "--resume", "--log-every", "3", "--lr", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 3
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["sources"] == [str(EMBEDDED_DATASET)] * 2 and len(saved["datasets"]) == 2
+    assert saved["train"]["log_every"] == 3 and saved["train"]["lr"] != 0.5
+
+
+def test_default_run_directories_differ_per_env_backbone_and_data(tmp_path):
+    import argparse
+
+    from decision_rnn.cli import default_out
+    from decision_rnn.data import EMBEDDED_DATASET
+
+    def out(ids, backbone=None, config=None):
+        return str(default_out(argparse.Namespace(backbone=backbone, config=config), ids))
+
+    assert out(["zoo/hopper/medium-v0"]) == "runs/mingru-hopper-medium-v0"
+    assert out(["zoo/walker2d/medium-v0"], "lru") == "runs/lru-walker2d-medium-v0"
+    assert out(["zoo/hopper/medium-v0", "zoo/hopper/expert-v0"]) == "runs/mingru-hopper-medium-v0-hopper-expert-v0"
+    assert out([str(EMBEDDED_DATASET)]) == "runs/mingru-hopper-medium-small-v0"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": {"backbone": "minlstm"}}))
+    assert out(["zoo/hopper/medium-v0"], config=str(cfg)) == "runs/minlstm-hopper-medium-v0"

@@ -15,8 +15,9 @@ Conventions, written once here and tested against a plain Python loop (tests/tes
 - **Observation statistics** ``obs_mean`` / ``obs_std`` are over every kept observation of the
   (combined) dataset, std floored at :data:`OBS_STD_FLOOR`. Batches carry raw observations; the
   model normalizes with these statistics.
-- **Sampling** sees every step equally often (as the Decision Transformer, which draws episodes with
-  probability proportional to length); see :mod:`decision_rnn.data.samplers`.
+- **Sampling** draws episodes with probability proportional to length (as the Decision Transformer);
+  windows with ``align="uniform"`` weight an episode by its number of K-step windows, length + K - 1;
+  see :mod:`decision_rnn.data.samplers`.
 - **Previous actions** ``prev_actions[t]`` = a_{t-1} of the same episode, zero at timestep 0: batches carry
   them, so a sequence that starts mid-episode still sees its first step's true previous action.
 

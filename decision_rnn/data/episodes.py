@@ -76,6 +76,7 @@ class TrajectoryDataset:
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)  # (E+1,)
         self.env_id = env_id
         self.ids = tuple(str(i) for i in ids)
+        self.sources = self.ids  # what it was loaded from: load_dataset records the paths or ids given
         self.ref_min_score = None if ref_min_score is None else float(ref_min_score)
         self.ref_max_score = None if ref_max_score is None else float(ref_max_score)
         num_episodes = max(len(self.offsets) - 1, 0)
@@ -116,16 +117,6 @@ class TrajectoryDataset:
     @property
     def act_dim(self) -> int:
         return self.actions.shape[1]
-
-    @property
-    def episode_starts(self) -> np.ndarray:
-        """First row of each episode, ``offsets[:-1]`` (E,)."""
-        return self.offsets[:-1]
-
-    @property
-    def episode_ends(self) -> np.ndarray:
-        """One past the last row of each episode, ``offsets[1:]`` (E,)."""
-        return self.offsets[1:]
 
     # --- per-episode views -------------------------------------------------------------------
     def episode(self, e: int) -> dict[str, np.ndarray]:

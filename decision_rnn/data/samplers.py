@@ -1,10 +1,12 @@
 """Vectorized batch samplers: index arithmetic and one fancy-indexing gather per array, no per-sample loop.
 
-Every sampler sees each step equally often, as the Decision Transformer's gym experiment does
-(episodes drawn with ``p_sample = traj_lens / sum(traj_lens)``, gym/experiment.py). Window and episode
-samplers draw a row uniformly from all ``N`` steps and take its episode, which is exactly that
+Episodes are drawn with probability proportional to length, as the Decision Transformer's gym experiment
+does (``p_sample = traj_lens / sum(traj_lens)``, gym/experiment.py): window (``align`` start or end) and
+episode samplers draw a row uniformly from all ``N`` steps and take its episode, which is exactly that
 distribution; the stream sampler walks whole episodes drawn uniformly, which covers every step once
-per walk, so the same. Batches are right-padded (see :mod:`decision_rnn.data`).
+per walk, so the same. Windows with ``align="uniform"`` draw one of all K-step windows that overlap an
+episode (length + K - 1 of them), so short episodes weigh a little more. Batches are right-padded (see
+:mod:`decision_rnn.data`).
 
 Every sampler has ``sample()``, a numpy ``rng``, and ``state_dict()`` / ``load_state_dict()`` for exact
 resume.

@@ -44,6 +44,7 @@ def train(
     meta = {
         "env_id": dataset.env_id,
         "datasets": list(dataset.ids),
+        "sources": list(dataset.sources),
         "dataset_steps": int(dataset.num_steps),
         "dataset_episodes": int(dataset.num_episodes),
         "ref_min_score": float(dataset.ref_min_score),
