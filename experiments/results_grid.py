@@ -320,7 +320,7 @@ def write_report(frame, protocol):
              f"recorded it: runs adopted from the recipe ablation did not). Context: {contexts}.",
              "", *table, "", *goal_check(stats, agents), "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
-             *paired(now, "mingru", "d3rlpy-dt"), *paired(now, "mingru", "transformer"), *against_previous(frame),
+             *pairs(now), *against_previous(frame),
              "", noise(now, stats)]
     curves_path = ROOT / "results" / f"grid_{protocol}_curves.csv"
     swept = sweep_means(now, pd.read_csv(curves_path)) if curves_path.exists() else now.iloc[:0]
@@ -329,7 +329,7 @@ def write_report(frame, protocol):
                   "target; 4 x the episodes), then mean ± std over seeds: a brittle policy's score at one target "
                   "is close to a coin flip (the sweep plot), this is less so.", "",
                   *score_table(swept, [a for a in agents if a in set(swept.agent)])[0], "",
-                  *paired(swept, "mingru", "d3rlpy-dt"), *paired(swept, "mingru", "transformer")]
+                  *pairs(swept)]
     earlier = frame.drop(now.index)
     label = earlier.agent + " (" + earlier.context + ", v" + versions(earlier).astype(str) + ")"
     earlier = earlier.assign(column=label)
@@ -356,6 +356,13 @@ def goal_check(stats, agents):
              f"- best recurrent agent ≥ d3rlpy DT on every dataset: {'yes' if (gap >= 0).all() else 'no'} "
              f"(per dataset: {', '.join(f'{d} {g:+.1f}' for d, g in gap.items())})",
              f"- ... and ≥ 3 points higher on average: {'yes' if gap.mean() >= 3 else 'no'} ({gap.mean():+.1f})"]
+    # the best of three agents picked per dataset flatters us: also the one agent that is best on average
+    one = t[ours].mean().idxmax()
+    gap_one = t[one] - t["d3rlpy-dt"]
+    per_dataset = ", ".join(f"{d} {g:+.1f}" for d, g in gap_one.items())
+    lines.append(f"- the one recurrent agent best on average, {one} ({t[one].mean():.1f} against d3rlpy DT's "
+                 f"{t['d3rlpy-dt'].mean():.1f}): ≥ d3rlpy DT on {(gap_one >= 0).sum()} of {len(complete)} dataset(s), "
+                 f"{gap_one.mean():+.1f} on average (per dataset: {per_dataset})")
     for a in ours:
         level = (t[a] >= t["transformer"]).sum()
         lines.append(f"- {a} ≥ our transformer: on {level} of {len(complete)} dataset(s)")
@@ -380,6 +387,12 @@ def against_previous(frame: pd.DataFrame) -> list[str]:
                       previous.assign(agent=previous.agent + f" v{CODE_VERSION - 1}")])
     return [line for agent in AGENTS if agent != "d3rlpy-dt" and {agent} <= set(now.agent) & set(previous.agent)
             for line in paired(both, f"{agent} v{CODE_VERSION}", f"{agent} v{CODE_VERSION - 1}")]
+
+
+def pairs(frame: pd.DataFrame) -> list[str]:
+    """Each recurrent agent paired with d3rlpy's DT, then with our transformer."""
+    return [line for b in ("d3rlpy-dt", "transformer") for a in ("mingru", "minlstm", "lru")
+            for line in paired(frame, a, b)]
 
 
 def paired(frame: pd.DataFrame, a: str, b: str) -> list[str]:

@@ -50,6 +50,8 @@ def test_goal_check_compares_the_best_recurrent_agent_with_d3rlpy(grid):
     assert "on average: yes (+10.0)" in lines
     assert "mingru ≥ our transformer: on 1 of 2" in lines
     assert "lru ≥ our transformer: on 0 of 2" in lines
+    # minlstm is best on average (45 against mingru's 40): level on x, +10 on y
+    assert "best on average, minlstm (45.0 against d3rlpy DT's 40.0): ≥ d3rlpy DT on 2 of 2 dataset(s), +5.0" in lines
 
 
 def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
