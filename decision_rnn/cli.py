@@ -69,15 +69,11 @@ def cmd_train(args) -> int:
     from .evaluation import default_target_return, make_eval_hook
     from .training import Trainer, train
 
-    saved = None
-    if args.resume and args.out and (Path(args.out) / "config.json").exists():
-        saved = json.loads((Path(args.out) / "config.json").read_text())
+    out = Path(args.out) if args.out else default_out(args, args.dataset or [str(EMBEDDED_DATASET)])
+    saved = json.loads((out / "config.json").read_text()) if args.resume and (out / "config.json").exists() else None
     # resuming without --dataset continues on the run's own data
     ids = args.dataset or (saved.get("sources", saved["datasets"]) if saved else [str(EMBEDDED_DATASET)])
     dataset = load_dataset(ids if len(ids) > 1 else ids[0], download=args.download)
-    out = Path(args.out) if args.out else default_out(args, ids)
-    if args.resume and saved is None and (out / "config.json").exists():
-        saved = json.loads((out / "config.json").read_text())
     if saved is not None:  # the run's own config; only what may change on resume is taken from the flags
         model_cfg = model_config_from_saved(saved["model"])
         train_dict = dict(saved["train"])

@@ -47,6 +47,7 @@ DATASETS = {
     "walker2d-medium-expert": ["zoo/walker2d/medium-v0", "zoo/walker2d/expert-v0"],
 }
 AGENTS = ["mingru", "minlstm", "lru", "transformer", "d3rlpy-dt"]
+RECURRENT = ("mingru", "minlstm", "lru")
 SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
 
 
@@ -344,7 +345,7 @@ def write_report(frame, protocol):
 
 def goal_check(stats, agents):
     """The issue's goals, judged on the datasets where every agent has at least one seed."""
-    ours = [a for a in ("mingru", "minlstm", "lru") if a in agents]
+    ours = [a for a in RECURRENT if a in agents]
     table = stats["mean"].unstack("agent")
     complete = table.dropna().index.tolist() if set(AGENTS) <= set(table.columns) else []
     if not complete:
@@ -391,7 +392,7 @@ def against_previous(frame: pd.DataFrame) -> list[str]:
 
 def pairs(frame: pd.DataFrame) -> list[str]:
     """Each recurrent agent paired with d3rlpy's DT, then with our transformer."""
-    return [line for b in ("d3rlpy-dt", "transformer") for a in ("mingru", "minlstm", "lru")
+    return [line for b in ("d3rlpy-dt", "transformer") for a in RECURRENT
             for line in paired(frame, a, b)]
 
 

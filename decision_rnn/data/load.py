@@ -39,8 +39,8 @@ def load_dataset(
     parts = [_load_one(source, download=download, env_id=env_id) for source in sources]
     dataset = parts[0] if len(parts) == 1 else TrajectoryDataset.concatenate(parts)
     # how to load it again (a resumed run): ids as given, existing paths made absolute
-    dataset.sources = tuple(str(pathlib.Path(s).expanduser().resolve()) if pathlib.Path(s).expanduser().exists()
-                            else str(s) for s in sources)
+    paths = [pathlib.Path(s).expanduser() for s in sources]
+    dataset.sources = tuple(str(p.resolve()) if p.exists() else str(s) for p, s in zip(paths, sources, strict=True))
     logger.info("loaded %r in %.2f s", dataset, time.perf_counter() - start)
     return dataset
 
