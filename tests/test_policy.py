@@ -50,8 +50,9 @@ def test_batched_act_matches_single(embedded):
         np.testing.assert_allclose(policy.act(obs[i]), batched[i], atol=1e-6)
 
 
-def test_bad_input_gives_clear_errors(embedded):
-    policy = make_policy(embedded)
+@pytest.mark.parametrize("runtime", ["torch", "fused"])  # fused: checks and bookkeeping in compiled code
+def test_bad_input_gives_clear_errors(embedded, runtime):
+    policy = make_policy(embedded, runtime=runtime)
     obs = embedded.observations[0]
     with pytest.raises(RuntimeError, match="reset"):
         policy.act(obs)
@@ -71,7 +72,7 @@ def test_bad_input_gives_clear_errors(embedded):
         with pytest.raises(ValueError, match="reward contains NaN or inf"):
             policy.act(obs, reward=bad_reward)
     with pytest.raises(ValueError, match="obs contains NaN or inf"):
-        policy.act(np.where(np.arange(11) == 3, np.inf, obs))
+        policy.act(np.where(np.arange(11) == 3, np.inf, obs), reward=1.0)
     with pytest.raises(ValueError, match="batch_size"):
         policy.reset(3000.0, batch_size=0)
     with pytest.raises(ValueError, match="unknown runtime"):
@@ -88,16 +89,19 @@ def test_two_episode_evaluation_gives_finite_normalized_scores(embedded):
     np.testing.assert_allclose(frame.normalized_score, ref, rtol=1e-6)
 
 
-def test_rejected_input_changes_nothing_and_huge_finite_obs_is_accepted(embedded):
+@pytest.mark.parametrize("runtime", ["torch", "fused"])
+def test_rejected_input_changes_nothing_and_huge_finite_obs_is_accepted(embedded, runtime):
     """The finite check sums first: a sum that overflows (all terms finite) must not be refused, while a
     value beyond float32's range (inf once cast) must be."""
-    policy, fresh = make_policy(embedded), make_policy(embedded)
+    policy, fresh = make_policy(embedded, runtime=runtime), make_policy(embedded, runtime=runtime)
     obs = embedded.observations[:3]
     for p in (policy, fresh):
         p.reset(3000.0)
         p.act(obs[0])
     with pytest.raises(ValueError):
         policy.act(obs[1], reward=float("nan"))
+    with pytest.raises(ValueError, match="obs contains NaN"):  # a good reward with a bad obs: not spent
+        policy.act(np.where(np.arange(11) == 0, np.nan, obs[1]), reward=5.0)
     assert policy.steps == 1
     np.testing.assert_array_equal(policy.act(obs[1], 1.0), fresh.act(obs[1], 1.0))
     policy.reset(3000.0)
