@@ -18,12 +18,14 @@ Writes results/bench_latency_cpu.{csv,md,json} (json: the run's header line), re
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
@@ -36,6 +38,21 @@ from decision_rnn.fused import KINDS, FusedStep
 
 ROOT = Path(__file__).resolve().parents[1]
 OBS, ACT = 11, 3
+
+
+def cpu_description() -> str:
+    """The CPU as /proc/cpuinfo names it (a VM's model name can be as short as "AMD EPYC"), with what the
+    step's speed depends on: family/model, AVX-512 or AVX2, and the core count."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    info = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = info.get("flags", "").split()
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, "
+            f"{simd}), {os.cpu_count()} cores")
 
 
 def timed(fn, calls):
@@ -207,9 +224,9 @@ def main():
     if len(ref):
         latency["speedup_vs_d3rlpy"] = ref.iloc[0] / latency.median_us
     flow = pd.DataFrame(throughput())
-    header = (f"cpu, 1 thread, batch 1, {args.calls} calls after 100 warm-up; DT-size models (embed 128, 3 layers, "
-              f"K=20); torch {torch.__version__}, onnxruntime {ort.__version__}; load average at start "
-              f"{load[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
+    header = (f"{cpu_description()}, 1 thread, batch 1, {args.calls} calls after 100 warm-up; DT-size models "
+              f"(embed 128, 3 layers, K=20); torch {torch.__version__}, onnxruntime {ort.__version__}, numba "
+              f"{numba.__version__}; load average at start {load[0]:.2f}, at end {os.getloadavg()[0]:.2f}")
     latency.to_csv(out.with_suffix(".csv"), index=False)
     flow.to_csv(ROOT / "results" / "bench_eval_throughput_cpu.csv", index=False)
     out.with_suffix(".json").write_text(header + "\n")
