@@ -10,8 +10,8 @@ Same math as `DecisionRNN.step` in float32 (`fastmath` and BLAS only reorder sum
 minGRU, minLSTM and LRU, both tokenizations, any batch size. The transformer is not supported: its
 step attends over a K-step window (use `runtime="onnxruntime"`). Needs numba and scipy (the `fast` extra).
 Compiled code is cached next to this file after the first use (a few seconds, once). The matrix
-products are BLAS calls (scipy's OpenBLAS through numba's `np.dot`); everything between them is
-compiled loops.
+products are compiled loops, BLAS calls (scipy's OpenBLAS through numba's `np.dot`) from batch
+`FusedStep.blas_from`; everything between them is compiled loops.
 
 State: one float32 array (n, B, H) holding the backbone's state tensors in `DecisionRNN.initial_state`
 order; `FusedStep.to_torch_state` gives them back as that tuple.
@@ -40,6 +40,12 @@ JIT = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
 class FusedStep:
     """`DecisionRNN.step` as one numba call: numpy in, numpy out (the runtime behind `Policy(runtime="fused")`)."""
 
+    blas_from = 64
+    """Batch size from which the matrix products are BLAS calls (scipy's OpenBLAS sgemm); below it, the
+    compiled loop. Measured with the DT-size minGRU on a 2-core Zen 2 VM (AVX2): at batch 2 the loop took
+    82 µs against 510 µs through BLAS, at 10 313 against 545 µs, at 100 2.9 against 2.2 ms (sgemm's
+    fixed cost per call, packing the weights each time, only pays off for many rows)."""
+
     def __init__(self, model: DecisionRNN):
         kind = model.config.backbone
         if kind not in KINDS:
@@ -52,7 +58,7 @@ class FusedStep:
         self.n_layers = len(model.backbone.blocks)
         shapes = model.backbone.state_shapes(1)
         self.n_state, self.width = len(shapes), shapes[0][1]
-        # Two layouts of the same weights: (out, in) for the batch-1 loop, (in, out) for BLAS at batch >= 2.
+        # Two layouts of the same weights: (out, in) for the loop, (in, out) for BLAS from `blas_from` rows.
         self.packed = {blas: _pack(model, transposed=blas) for blas in (False, True)}
         self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1, c.activation == "relu"], np.float64)
 
@@ -61,7 +67,7 @@ class FusedStep:
 
     def __call__(self, obs, prev_action, returns_to_go, timestep, state):
         """(B, obs), (B, act), (B,), (B,) int, (n, B, H) -> ((B, act), (n, B, H)); the state is updated in place."""
-        blas = obs.shape[0] > 1
+        blas = obs.shape[0] >= self.blas_from
         params, table = self.packed[blas]
         action = np.empty((obs.shape[0], self.act_dim), np.float32)
         step(params, table, blas, self.kind, self.n_layers, self.interleaved, self.scalars,
@@ -76,8 +82,9 @@ class FusedStep:
         action, advance the timestep. `prev_action`, `returns_to_go`, `timestep` and `state` are updated
         in place. Takes arrays as `Policy` keeps them (contiguous; float32, timestep int64). Returns the
         action, or None when obs holds NaN or inf (then nothing was changed)."""
-        params, table = self.packed[obs.shape[0] > 1]
-        action = policy_step(params, table, obs.shape[0] > 1, self.kind, self.n_layers, self.interleaved,
+        blas = obs.shape[0] >= self.blas_from
+        params, table = self.packed[blas]
+        action = policy_step(params, table, blas, self.kind, self.n_layers, self.interleaved,
                              self.scalars, obs, reward, prev_action, returns_to_go, timestep, state)
         return action if action.shape[0] else None
 
@@ -142,10 +149,11 @@ def vec(P, L, k):
 def linear(W, bias, x, out, blas):
     """out (B, O) = x (B, I) @ W.T + bias, W (O, I); with `blas`, x @ W + bias, W (I, O).
 
-    Batch 1: vectorized dot products over W's rows, eight rows per pass so that each load of x serves
+    The loop: vectorized dot products over W's rows, eight rows per pass so that each load of x serves
     eight rows and eight sums are in flight (four rows were ~15% faster than one row at a time and than
-    a BLAS call at this size, eight ~5% faster again), streaming W from the cache once. Batch >= 2: one
-    register-blocked sgemm (scipy's OpenBLAS through numba), where a loop would stream W once per row."""
+    a BLAS call at batch 1, eight ~5% faster again); the batch runs inside each pass, so W streams from
+    the cache once and its eight rows stay in L1 for every batch row. `blas`: one sgemm (scipy's OpenBLAS
+    through numba), for large batches (`FusedStep.blas_from`)."""
     if blas:
         np.dot(x, W, out)
         for b in range(out.shape[0]):
@@ -153,9 +161,9 @@ def linear(W, bias, x, out, blas):
                 out[b, i] += bias[i]
         return
     rows, n = W.shape
-    for b in range(x.shape[0]):
-        blocked = rows - rows % 8
-        for i in range(0, blocked, 8):
+    blocked = rows - rows % 8
+    for i in range(0, blocked, 8):
+        for b in range(x.shape[0]):
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
             for j in range(n):
                 xj = x[b, j]
@@ -171,6 +179,7 @@ def linear(W, bias, x, out, blas):
                 a0 + bias[i], a1 + bias[i + 1], a2 + bias[i + 2], a3 + bias[i + 3])
             out[b, i + 4], out[b, i + 5], out[b, i + 6], out[b, i + 7] = (
                 a4 + bias[i + 4], a5 + bias[i + 5], a6 + bias[i + 6], a7 + bias[i + 7])
+    for b in range(x.shape[0]):
         for i in range(blocked, rows):
             acc = np.float32(0.0)
             for j in range(n):

@@ -24,10 +24,11 @@ def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0, activation=
 
 @pytest.mark.parametrize(("tokens", "activation"), [("compact", "gelu"), ("interleaved", "gelu"), ("compact", "relu")])
 @pytest.mark.parametrize("backbone", RECURRENT)
-@pytest.mark.parametrize("B", [1, 6])  # batch 1: the row loop; batch >= 2: BLAS on the transposed weights
-def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens, activation, B):
+@pytest.mark.parametrize(("B", "blas_from"), [(1, 64), (6, 64), (6, 2)])  # the loop; (6, 2): BLAS (sgemm)
+def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens, activation, B, blas_from):
     model = random_model(backbone, tokens, activation=activation)
     fused = FusedStep(model)
+    fused.blas_from = blas_from
     T = 300  # past max_timestep=50: the timestep clamp is exercised too
     rng = np.random.default_rng(0)
     state, fstate = model.initial_state(B), fused.initial_state(B)
