@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from protocol import PROTOCOLS, protocol_config, train_and_evaluate
+from protocol import PROTOCOLS, protocol_config, train_and_evaluate, training_seconds
 
 from decision_rnn.config import default_context
 from decision_rnn.data import load_dataset
@@ -46,8 +46,14 @@ DATASETS = {
     "walker2d-mixed": ["zoo/walker2d/mixed-v0"],
     "walker2d-medium-expert": ["zoo/walker2d/medium-v0", "zoo/walker2d/expert-v0"],
 }
-AGENTS = ["mingru", "minlstm", "lru", "transformer", "d3rlpy-dt"]
-RECURRENT = ("mingru", "minlstm", "lru")
+AGENTS = ["mingru", "minlstm", "lru", "transformer", "mingru-interleaved", "d3rlpy-dt"]
+"""Our agents are named by backbone, trained with compact tokens; `-interleaved`: with DT's (return, state,
+action) tokens (recipe_ablation.py's `tokens-interleaved` fixed minGRU's hopper-mixed cells, at ~2x the
+training time); d3rlpy-dt: d3rlpy's DecisionTransformer."""
+CORE = ["mingru", "minlstm", "lru", "transformer", "d3rlpy-dt"]
+"""The agents the goal check needs on a dataset; the others join it once they have every dataset it judges."""
+RECURRENT = ("mingru", "minlstm", "lru", "mingru-interleaved")
+INTERLEAVED = "-interleaved"
 SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
 
 
@@ -59,17 +65,29 @@ carry the true previous action. 3: the CPU protocol decays the rate (cosine) and
 (decision_rnn/config.py), the CPU protocol clips at 0.25 / 3 (`d3rlpy-model` in recipe_ablation.py).
 A cell is done only by a row of the current version (d3rlpy's rows: any version)."""
 
-ADOPTED = {("d3rlpy-model", 3): 4}
-"""Recipe-ablation runs, by (variant, code version), that trained exactly what a later grid version trains:
-v4 made `d3rlpy-model`'s options the defaults (tests/test_grid.py checks that they now change nothing; a
-40-update run at the ablation's commit and at v4's gave identical weights). `--adopt` copies them into the
-grid as that version's runs, marked in `source` (compact tokens and window context, as the grid's; the
-ablation did not record training wall-clock)."""
+ADOPTED = {("d3rlpy-model", 3): (4, "compact"), ("tokens-interleaved", 4): (4, "interleaved")}
+"""Recipe-ablation runs, by (variant, code version), that trained exactly what a grid agent of a grid version
+trains, -> (that version, the agent's tokens): v4 made `d3rlpy-model`'s options the defaults (a 40-update
+run at the ablation's commit and at v4's gave identical weights); `tokens-interleaved` v4 is what the
+`-interleaved` agents train (tests/test_grid.py checks both). `--adopt` copies them into the grid as that
+version's runs of that agent, marked in `source` (window context, as the grid's)."""
+
+
+def split_agent(agent: str) -> tuple[str, str]:
+    """One of our grid agents -> (backbone, tokens)."""
+    if agent.endswith(INTERLEAVED):
+        return agent.removesuffix(INTERLEAVED), "interleaved"
+    return agent, "compact"
+
+
+def grid_agent(backbone: str, tokens: str) -> str:
+    """The grid agent that trains `backbone` with `tokens` (the inverse of `split_agent`)."""
+    return backbone + (INTERLEAVED if tokens == "interleaved" else "")
 
 
 def agent_context(agent: str) -> str:
     """The context an agent's grid cells are trained in now: its default; d3rlpy's DT uses windows."""
-    return "window" if agent == "d3rlpy-dt" else default_context(agent)
+    return "window" if agent == "d3rlpy-dt" else default_context(split_agent(agent)[0])
 
 
 def versions(frame: pd.DataFrame) -> pd.Series:
@@ -187,15 +205,18 @@ def adopted_runs(ablation: pd.DataFrame, episodes: int = 10) -> tuple[list[dict]
     """Grid rows and curve rows for the `ADOPTED` recipe-ablation runs (last curve point = the run's score).
     `episodes`: what the ablation evaluated with (its default, 10)."""
     rows, curves = [], []
-    for (variant, version), grid_version in ADOPTED.items():
+    for (variant, version), (grid_version, tokens) in ADOPTED.items():
         mine = ablation[(ablation.variant == variant) & (versions(ablation) == version)]
-        for (name, agent, seed), run in mine.groupby(["dataset", "agent", "seed"]):
+        for (name, backbone, seed), run in mine.groupby(["dataset", "agent", "seed"]):
             last = run[run.kind == "curve"].sort_values("x").iloc[-1]
             source = f"recipe_ablation {variant} v{version}"
+            log = ROOT / "runs" / "recipe_ablation" / name / f"{backbone}-s{seed}-{variant}"
+            agent = grid_agent(backbone, tokens)
             rows.append({"dataset": name, "agent": agent, "seed": seed,
                          "datasets": "+".join(d.split("/")[-1].removesuffix("-v0") for d in DATASETS[name]),
-                         "env_id": load_env_id(DATASETS[name]), "tokens": "compact", "context": "window",
+                         "env_id": load_env_id(DATASETS[name]), "tokens": tokens, "context": "window",
                          "protocol": "cpu", "updates": last.x, "score": last.score, "episodes": episodes,
+                         "train_wall_s": training_seconds(log) if (log / "log.csv").exists() else np.nan,
                          "device": "cpu", "version": grid_version, "source": source})
             curves += [{"dataset": name, "agent": agent, "seed": seed, "context": "window", "kind": r.kind,
                         "x": r.x, "score": r.score, "version": grid_version, "source": source}
@@ -227,7 +248,6 @@ def main():
     p.add_argument("--agents", nargs="+", choices=AGENTS, default=AGENTS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--tokens", default="compact", help="tokenization of our agents")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (run one worker per core)")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown report from the CSV")
@@ -258,8 +278,10 @@ def main():
                         out.with_name(out.name + ".claim").unlink(missing_ok=True)
                         continue
                 else:
-                    row = train_and_evaluate(ids, agent, out, protocol=args.protocol, tokens=args.tokens,
+                    backbone, tokens = split_agent(agent)
+                    row = train_and_evaluate(ids, backbone, out, protocol=args.protocol, tokens=tokens,
                                              seed=seed, episodes=args.episodes, device=args.device)
+                    row["agent"] = agent
                     curves = our_curves(out, seed, args.episodes, args.device, row)
                 row.update(dataset=name, protocol=args.protocol, threads=args.threads, load_avg=os.getloadavg()[0],
                            version=CODE_VERSION)
@@ -318,7 +340,7 @@ def write_report(frame, protocol):
     contexts = ", ".join(f"{a} {agent_context(a)}" for a in agents)
     lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
              f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes (over the runs that "
-             f"recorded it: runs adopted from the recipe ablation did not). Context: {contexts}.",
+             f"recorded it: the `d3rlpy-model` runs adopted from the recipe ablation did not). Context: {contexts}.",
              "", *table, "", *goal_check(stats, agents), "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
              *pairs(now), *against_previous(frame),
@@ -344,13 +366,15 @@ def write_report(frame, protocol):
 
 
 def goal_check(stats, agents):
-    """The issue's goals, judged on the datasets where every agent has at least one seed."""
-    ours = [a for a in RECURRENT if a in agents]
+    """The issue's goals, judged on the datasets where every `CORE` agent has at least one seed; another
+    agent takes part once it has all of them (until then a line says which it lacks)."""
     table = stats["mean"].unstack("agent")
-    complete = table.dropna().index.tolist() if set(AGENTS) <= set(table.columns) else []
+    complete = table[CORE].dropna().index.tolist() if set(CORE) <= set(table.columns) else []
     if not complete:
         return ["Goals: not judged yet (no dataset has every agent)."]
     t = table.loc[complete]
+    judged = [a for a in agents if a in CORE or t[a].notna().all()]
+    ours = [a for a in RECURRENT if a in judged]
     best = t[ours].max(axis=1)
     gap = best - t["d3rlpy-dt"]
     lines = [f"Goals, on the {len(complete)} dataset(s) every agent has run ({', '.join(complete)}):",
@@ -367,6 +391,9 @@ def goal_check(stats, agents):
     for a in ours:
         level = (t[a] >= t["transformer"]).sum()
         lines.append(f"- {a} ≥ our transformer: on {level} of {len(complete)} dataset(s)")
+    for a in sorted(set(agents) - set(judged), key=agents.index):
+        lacks = ", ".join(d for d in complete if np.isnan(t.loc[d, a]))
+        lines.append(f"- {a}: not in the goal check until it has every dataset above (lacks {lacks})")
     return lines
 
 

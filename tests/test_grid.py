@@ -54,6 +54,24 @@ def test_goal_check_compares_the_best_recurrent_agent_with_d3rlpy(grid):
     assert "best on average, minlstm (45.0 against d3rlpy DT's 40.0): ≥ d3rlpy DT on 2 of 2 dataset(s), +5.0" in lines
 
 
+def test_an_extra_agent_joins_the_goal_check_only_with_every_dataset(grid):
+    scores = {"mingru": [60, 20], "minlstm": [50, 40], "lru": [40, 30], "transformer": [55, 35], "d3rlpy-dt": [50, 30],
+              "mingru-interleaved": [90, None]}
+    rows = [{"dataset": d, "agent": a, "score": s[i], "train_wall_s": 1.0}
+            for a, s in scores.items() for i, d in enumerate(["x", "y"]) if s[i] is not None]
+    stats = pd.DataFrame(rows).groupby(["dataset", "agent"]).agg(mean=("score", "mean"), std=("score", "std"),
+                                                                 n=("score", "count"), wall=("train_wall_s", "mean"))
+    agents = [a for a in grid.AGENTS if a in scores]
+    lines = "\n".join(grid.goal_check(stats, agents))
+    assert "on the 2 dataset(s)" in lines and "x +10.0, y +10.0" in lines  # judged without it
+    assert "mingru-interleaved: not in the goal check until it has every dataset above (lacks y)" in lines
+    rows.append({"dataset": "y", "agent": "mingru-interleaved", "score": 10.0, "train_wall_s": 1.0})
+    stats = pd.DataFrame(rows).groupby(["dataset", "agent"]).agg(mean=("score", "mean"), std=("score", "std"),
+                                                                 n=("score", "count"), wall=("train_wall_s", "mean"))
+    lines = "\n".join(grid.goal_check(stats, agents))
+    assert "x +40.0, y +10.0" in lines and "mingru-interleaved ≥ our transformer: on 1 of 2" in lines
+
+
 def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
     rows = [("hopper-medium", "mingru", 0, 60), ("hopper-medium", "mingru", 1, 50), ("hopper-medium", "mingru", 2, 40),
             ("hopper-medium", "d3rlpy-dt", 0, 50), ("hopper-medium", "d3rlpy-dt", 2, 50),  # no seed 1
@@ -201,7 +219,7 @@ def test_sweep_means_average_each_runs_last_checkpoint_over_all_four_targets(gri
     assert list(swept.seed) == [0] and swept.score.tolist() == [20.0]
 
 
-def test_adopted_ablation_variants_are_the_defaults_of_the_version_that_adopts_them(grid):
+def test_adopted_ablation_variants_train_what_their_grid_agent_trains_in_the_adopting_version(grid):
     from dataclasses import replace
 
     from decision_rnn import ModelConfig
@@ -209,18 +227,30 @@ def test_adopted_ablation_variants_are_the_defaults_of_the_version_that_adopts_t
     spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
-    adopted_now = [variant for (variant, _), version in grid.ADOPTED.items() if version == grid.CODE_VERSION]
-    assert adopted_now or grid.CODE_VERSION > max(grid.ADOPTED.values())
-    for variant in adopted_now:
+    adopted_now = [(variant, tokens) for (variant, _), (version, tokens) in grid.ADOPTED.items()
+                   if version == grid.CODE_VERSION]
+    assert adopted_now or grid.CODE_VERSION > max(version for version, _ in grid.ADOPTED.values())
+    for variant, tokens in adopted_now:
         model_options, train_options = ablation.VARIANTS[variant]
-        assert ModelConfig(obs_dim=11, act_dim=3, **model_options) == ModelConfig(obs_dim=11, act_dim=3)
+        assert grid.grid_agent("mingru", tokens) in grid.AGENTS
+        # the ablation trains tokens="compact" unless the variant says otherwise (recipe_ablation.main)
+        as_trained = ModelConfig(obs_dim=11, act_dim=3, **{"tokens": "compact", **model_options})
+        assert as_trained == ModelConfig(obs_dim=11, act_dim=3, tokens=tokens)
         cpu = grid.PROTOCOLS["cpu"]
         assert replace(cpu, **train_options) == cpu
 
 
+def test_agent_names_split_into_backbone_and_tokens_and_back(grid):
+    assert grid.split_agent("mingru") == ("mingru", "compact")
+    assert grid.split_agent("mingru-interleaved") == ("mingru", "interleaved")
+    for agent in grid.AGENTS[:-1]:  # all but d3rlpy's
+        assert grid.grid_agent(*grid.split_agent(agent)) == agent
+    assert grid.agent_context("mingru-interleaved") == grid.agent_context("mingru") == "window"
+
+
 def test_adopted_runs_become_grid_runs_of_the_adopting_version(grid, monkeypatch):
     monkeypatch.setattr(grid, "load_env_id", lambda ids: "Hopper-v5")
-    (variant, version), grid_version = next(iter(grid.ADOPTED.items()))
+    (variant, version), (grid_version, tokens) = next(iter(grid.ADOPTED.items()))
     run = {"dataset": "hopper-medium", "agent": "mingru", "seed": 1}
     frame = pd.DataFrame([{**run, "variant": variant, "version": version, "kind": "curve", "x": x, "score": s}
                           for x, s in [(1000.0, 10.0), (3000.0, 30.0), (2000.0, 20.0)]]
@@ -232,6 +262,7 @@ def test_adopted_runs_become_grid_runs_of_the_adopting_version(grid, monkeypatch
                              "score": 98.0}])
     rows, curves = grid.adopted_runs(frame)
     assert len(rows) == 1 and rows[0]["score"] == 30.0 and rows[0]["updates"] == 3000.0
-    assert rows[0]["version"] == grid_version and rows[0]["context"] == "window"
+    assert rows[0]["version"] == grid_version and rows[0]["context"] == "window" and rows[0]["tokens"] == tokens
+    assert rows[0]["agent"] == grid.grid_agent("mingru", tokens)
     assert sorted(c["score"] for c in curves) == [10.0, 20.0, 30.0, 30.0]
     assert {c["version"] for c in curves} == {grid_version}
