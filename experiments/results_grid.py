@@ -375,13 +375,14 @@ def goal_check(stats, agents):
     t = table.loc[complete]
     judged = [a for a in agents if a in CORE or t[a].notna().all()]
     ours = [a for a in RECURRENT if a in judged]
-    best = t[ours].max(axis=1)
+    best, which = t[ours].max(axis=1), t[ours].idxmax(axis=1)
     gap = best - t["d3rlpy-dt"]
     lines = [f"Goals, on the {len(complete)} dataset(s) every agent has run ({', '.join(complete)}):",
-             f"- best recurrent agent ≥ d3rlpy DT on every dataset: {'yes' if (gap >= 0).all() else 'no'} "
-             f"(per dataset: {', '.join(f'{d} {g:+.1f}' for d, g in gap.items())})",
+             f"- best recurrent agent of each dataset ≥ d3rlpy DT on every dataset: "
+             f"{'yes' if (gap >= 0).all() else 'no'} "
+             f"(per dataset: {', '.join(f'{d} {g:+.1f} {which[d]}' for d, g in gap.items())})",
              f"- ... and ≥ 3 points higher on average: {'yes' if gap.mean() >= 3 else 'no'} ({gap.mean():+.1f})"]
-    # the best of three agents picked per dataset flatters us: also the one agent that is best on average
+    # the best agent picked per dataset flatters us: also the one agent that is best on average
     one = t[ours].mean().idxmax()
     gap_one = t[one] - t["d3rlpy-dt"]
     per_dataset = ", ".join(f"{d} {g:+.1f}" for d, g in gap_one.items())
@@ -391,6 +392,12 @@ def goal_check(stats, agents):
     for a in ours:
         level = (t[a] >= t["transformer"]).sum()
         lines.append(f"- {a} ≥ our transformer: on {level} of {len(complete)} dataset(s)")
+    n = stats["n"].unstack("agent").loc[complete]
+    few = {a: [d for d in complete if n.loc[d, a] < 3] for a in judged}
+    few = {a: ds for a, ds in few.items() if ds}
+    if few:  # the issue asks for >= 3 seeds: a verdict on fewer is provisional
+        listed = "; ".join(f"{a} on {', '.join(ds)}" for a, ds in few.items())
+        lines.append(f"- provisional: fewer than 3 seeds for {listed}")
     for a in sorted(set(agents) - set(judged), key=agents.index):
         lacks = ", ".join(d for d in complete if np.isnan(t.loc[d, a]))
         lines.append(f"- {a}: not in the goal check until it has every dataset above (lacks {lacks})")
