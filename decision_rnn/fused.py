@@ -42,9 +42,10 @@ class FusedStep:
 
     blas_from = 64
     """Batch size from which the matrix products are BLAS calls (scipy's OpenBLAS sgemm); below it, the
-    compiled loop. Measured with the DT-size minGRU on a 2-core Zen 2 VM (AVX2): at batch 2 the loop took
-    82 µs against 510 µs through BLAS, at 10 313 against 545 µs, at 100 2.9 against 2.2 ms (sgemm's
-    fixed cost per call, packing the weights each time, only pays off for many rows)."""
+    compiled loop. experiments/bench_fused.py (results/bench_fused_cpu.md) times both by batch size: on a
+    2-core Zen 2 VM, OpenBLAS on 1 thread, the loop was 6x faster at batch 2, 2x at 10, level at 32, and
+    took 1.2x and 1.3x BLAS's time at 64 and 100 (sgemm's fixed cost per call, packing the weights each
+    time, only pays off for many rows)."""
 
     def __init__(self, model: DecisionRNN):
         kind = model.config.backbone
@@ -76,9 +77,9 @@ class FusedStep:
         return action, state
 
     def act(self, obs, reward, prev_action, returns_to_go, timestep, state):
-        """`Policy.act`'s bookkeeping and step in one compiled call (at batch 1 the numpy bookkeeping
-        around `__call__` cost ~10 µs, a sixth of the step): refuse a non-finite obs, subtract `reward`
-        from the returns-to-go (none: an empty array), step, store the action as the next previous
+        """`Policy.act`'s bookkeeping and step in one compiled call (at batch 1 the numpy calls it replaces
+        were a sizeable part of the step): refuse a non-finite obs, subtract `reward` from the returns-to-go
+        (none: an empty array), step, store the action as the next previous
         action, advance the timestep. `prev_action`, `returns_to_go`, `timestep` and `state` are updated
         in place. Takes arrays as `Policy` keeps them (contiguous; float32, timestep int64). Returns the
         action, or None when obs holds NaN or inf (then nothing was changed)."""
@@ -150,9 +151,9 @@ def linear(W, bias, x, out, blas):
     """out (B, O) = x (B, I) @ W.T + bias, W (O, I); with `blas`, x @ W + bias, W (I, O).
 
     The loop: vectorized dot products over W's rows, eight rows per pass so that each load of x serves
-    eight rows and eight sums are in flight (four rows were ~15% faster than one row at a time and than
-    a BLAS call at batch 1, eight ~5% faster again); the batch runs inside each pass, so W streams from
-    the cache once and its eight rows stay in L1 for every batch row. `blas`: one sgemm (scipy's OpenBLAS
+    eight rows and eight sums are in flight (faster here than one, four or sixteen rows per pass and
+    than a BLAS call at batch 1); the batch runs inside each pass, so W streams from the cache once and its
+    eight rows stay in L1 for every batch row. `blas`: one sgemm (scipy's OpenBLAS
     through numba), for large batches (`FusedStep.blas_from`)."""
     if blas:
         np.dot(x, W, out)
@@ -396,7 +397,6 @@ def step(P, L, blas, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S,
     for b in range(B):
         for j in range(action.shape[1]):
             action[b, j] = np.tanh(action[b, j])
-
 
 
 @njit(**JIT)

@@ -145,7 +145,8 @@ class Policy:
         """`value` as a float32 (batch, dim) array ((batch,) if dim is None), or a clear error.
 
         Kept cheap (a Python-float reward skips numpy; one reduction decides finiteness): at batch 1 the
-        checks are a sizeable part of a ~50 µs step. `check_finite=False`: the caller checks."""
+        checks are a sizeable part of a ~60 µs step (results/bench_latency_cpu.md). `check_finite=False`:
+        the caller checks."""
         if type(value) is float and dim is None:  # a reward from env.step
             if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
                 raise ValueError(f"{name} contains NaN or inf (or values beyond float32's range): {value}")
