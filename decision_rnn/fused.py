@@ -68,8 +68,7 @@ class FusedStep:
 
     def __call__(self, obs, prev_action, returns_to_go, timestep, state):
         """(B, obs), (B, act), (B,), (B,) int, (n, B, H) -> ((B, act), (n, B, H)); the state is updated in place."""
-        blas = obs.shape[0] >= self.blas_from
-        params, table = self.packed[blas]
+        blas, params, table = self._weights(obs.shape[0])
         action = np.empty((obs.shape[0], self.act_dim), np.float32)
         step(params, table, blas, self.kind, self.n_layers, self.interleaved, self.scalars,
              np.ascontiguousarray(obs, np.float32), np.ascontiguousarray(prev_action, np.float32),
@@ -83,11 +82,15 @@ class FusedStep:
         action, advance the timestep. `prev_action`, `returns_to_go`, `timestep` and `state` are updated
         in place. Takes arrays as `Policy` keeps them (contiguous; float32, timestep int64). Returns the
         action, or None when obs holds NaN or inf (then nothing was changed)."""
-        blas = obs.shape[0] >= self.blas_from
-        params, table = self.packed[blas]
+        blas, params, table = self._weights(obs.shape[0])
         action = policy_step(params, table, blas, self.kind, self.n_layers, self.interleaved,
                              self.scalars, obs, reward, prev_action, returns_to_go, timestep, state)
         return action if action.shape[0] else None
+
+    def _weights(self, batch: int) -> tuple[bool, np.ndarray, np.ndarray]:
+        """Whether a batch this size takes BLAS, and the weight layout for it."""
+        blas = batch >= self.blas_from
+        return (blas, *self.packed[blas])
 
     def to_torch_state(self, state: np.ndarray) -> tuple[torch.Tensor, ...]:
         return tuple(torch.from_numpy(s.copy()) for s in state)
