@@ -89,8 +89,7 @@ def main():
     args = p.parse_args()
     path = ROOT / "results" / "recipe_ablation_cpu"
     if args.report:
-        path.with_suffix(".md").write_text(report(pd.read_csv(path.with_suffix(".csv")), args.episodes))
-        print(path.with_suffix(".md").read_text())
+        write_report(pd.read_csv(path.with_suffix(".csv")), args.episodes)
         return
     torch.set_num_threads(1)
     key = {"dataset": args.dataset, "agent": args.agent, "seed": args.seed}
@@ -116,8 +115,7 @@ def main():
                         & old.variant.isin(set(frame.variant)))
             frame = pd.concat([old[~replaced], frame], ignore_index=True)
         frame.to_csv(path.with_suffix(".csv"), index=False)
-        path.with_suffix(".md").write_text(report(frame, args.episodes))
-    print(path.with_suffix(".md").read_text())
+        write_report(frame, args.episodes)
 
 
 SAME_TRAINING = {("cosine-decay", 2): ("window-align-start", 3)}
@@ -194,9 +192,18 @@ def per_dataset(diff: pd.Series, sweep: pd.Series, grid: pd.DataFrame, min_datas
     return parts
 
 
-def report(frame: pd.DataFrame, episodes: int) -> str:
-    """A paired summary against the grid's runs, then one table per (agent, dataset, seed): scores at the
-    checkpoints and at four target returns."""
+def write_report(frame: pd.DataFrame, episodes: int) -> None:
+    """results/recipe_ablation_cpu.md (the summary, which the README embeds) and
+    results/recipe_ablation_cpu_runs.md (every run's table); prints the summary."""
+    summary, runs = report(frame, episodes)
+    (ROOT / "results" / "recipe_ablation_cpu.md").write_text(summary)
+    (ROOT / "results" / "recipe_ablation_cpu_runs.md").write_text(runs)
+    print(summary)
+
+
+def report(frame: pd.DataFrame, episodes: int) -> tuple[str, str]:
+    """A paired summary against the grid's runs; then, as a second text, one table per (agent, dataset,
+    seed): scores at the checkpoints and at four target returns."""
     grid = pd.read_csv(ROOT / "results" / "grid_cpu_curves.csv")
     diff = paired_differences(frame, grid)
     summary = against_grid(diff)
@@ -205,7 +212,11 @@ def report(frame: pd.DataFrame, episodes: int) -> str:
              "**Against the grid's window run of the same code version, agent, dataset and seed** (last "
              f"checkpoint; difference in normalized score; v2's `cosine-decay` runs also count as v3's "
              f"`window-align-start`, the same training)\n\n{summary.to_markdown(index=False, floatfmt='.1f')}",
-             *per_dataset(diff, paired_differences(frame, grid, over="target"), grid)]
+             *per_dataset(diff, paired_differences(frame, grid, over="target"), grid),
+             "Every run's scores: [results/recipe_ablation_cpu_runs.md](results/recipe_ablation_cpu_runs.md)."]
+    runs = [f"# Recipe ablation, every run: scores at the 1k/2k/3k checkpoints and the last checkpoint at four "
+            f"target returns ({episodes} episodes per score; `grid run` rows: the grid's run of that agent, "
+            f"dataset and seed; [vN]: the code version)"]
     frame = frame.assign(variant=frame.variant + " [v" + versions(frame).astype(str) + "]")
     for (agent, dataset, seed), group in frame.groupby(["agent", "dataset", "seed"], sort=False):
         curve = group[group.kind == "curve"].pivot(index="variant", columns="x", values="score")
@@ -213,8 +224,8 @@ def report(frame: pd.DataFrame, episodes: int) -> str:
         sweep = group[group.kind == "target"].pivot(index="variant", columns="x", values="score")
         sweep.columns = [f"target {int(c)}" for c in sweep.columns]
         table = curve.join(sweep).reset_index()
-        parts.append(f"**{agent} on {dataset}, seed {seed}**\n\n{table.to_markdown(index=False, floatfmt='.1f')}")
-    return "\n\n".join(parts) + "\n"
+        runs.append(f"**{agent} on {dataset}, seed {seed}**\n\n{table.to_markdown(index=False, floatfmt='.1f')}")
+    return "\n\n".join(parts) + "\n", "\n\n".join(runs) + "\n"
 
 if __name__ == "__main__":
     main()
