@@ -1,9 +1,13 @@
-"""The fused runtime's matrix products: its compiled loop against BLAS (sgemm), by batch size.
+"""The fused runtime's matrix products: the compiled loop against BLAS by batch size, and where the
+weights come from at batch 1.
 
     python experiments/bench_fused.py [--calls 500]
 
-Times `FusedStep` (DT-size minGRU, compact tokens, 1 thread) at batch 1, 2, 10, 32, 64 and 100 with the
-loop and with BLAS forced, side by side in one run: the evidence behind `FusedStep.blas_from`.
+1. Times `FusedStep` (DT-size minGRU, compact tokens, 1 thread) at batch 1, 2, 10, 32, 64 and 100 with the
+   loop and with BLAS (sgemm) forced, side by side in one run: the evidence behind `FusedStep.blas_from`.
+2. At batch 1, the step's own matrix-vector products in one compiled call (the loop `FusedStep` runs), with
+   each matrix once, as a step runs them (the weights stream from L3), and each many times back to back
+   (then they come from L2): how much of the step is the weights' way to the core.
 Writes results/bench_fused_cpu.md.
 """
 
@@ -17,9 +21,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from bench_latency import ACT, OBS, cpu_description  # noqa: E402
+from numba import njit  # noqa: E402
 
 from decision_rnn import DecisionRNN, ModelConfig  # noqa: E402
-from decision_rnn.fused import FusedStep  # noqa: E402
+from decision_rnn.fused import FusedStep, linear  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +42,47 @@ def median_us(fused: FusedStep, batch: int, calls: int) -> float:
         fused(obs, prev, rtg, t, state)
         times[i] = time.perf_counter() - t0
     return float(np.median(times) * 1e6)
+
+
+@njit(cache=True, fastmath=True)
+def products(P, L, ks, repeat, x, out, bias):
+    """The matrices `ks` of the packed weights at batch 1, in turn, each `repeat` times back to back (x, out,
+    bias: flat buffers at least as long as any matrix needs)."""
+    for k in ks:
+        o, r, c = L[k, 0], L[k, 1], L[k, 2]
+        for _ in range(repeat):
+            linear(P[o:o + r * c].reshape((r, c)), bias[:r], x[:c].reshape((1, c)), out[:r].reshape((1, r)), False)
+
+
+def weight_sources(fused: FusedStep, calls: int, repeat: int = 20) -> tuple[pd.DataFrame, int, float]:
+    """The step's matrix products once each, as a step runs them (their 2.7 MB come from L3), then each
+    `repeat` times back to back (from the second time on a matrix, at most 256 KB, is in L2)."""
+    P, L = fused.packed[False]
+    ks = np.array([k for k in range(len(L)) if k != 2 and L[k, 1] > 1], np.int64)  # 2: the timestep table
+    macs = int(sum(L[k, 1] * L[k, 2] for k in ks))
+    x = np.random.default_rng(0).standard_normal(int(L[:, 2].max())).astype(np.float32)
+    out, bias = np.zeros(int(L[:, 1].max()), np.float32), np.zeros(int(L[:, 1].max()), np.float32)
+    mhz = cpu_mhz()
+    rows = []
+    for name, n in (("once each, as a step streams them", 1), (f"each {repeat} times back to back", repeat)):
+        products(P, L, ks, n, x, out, bias)
+        times = np.empty(calls)
+        for i in range(calls):
+            t0 = time.perf_counter()
+            products(P, L, ks, n, x, out, bias)
+            times[i] = time.perf_counter() - t0
+        us = float(np.median(times) * 1e6) / n  # per pass over the step's matrices
+        rows.append({"matrices": name, "weights_from": "L3" if n == 1 else "L2", "us_per_step": us,
+                     "multiply_adds_per_cycle": macs / (us * mhz), "bytes_per_cycle": 4 * macs / (us * mhz)})
+    return pd.DataFrame(rows), macs, mhz
+
+
+def cpu_mhz() -> float:
+    """The clock /proc/cpuinfo reports (a VM's nominal one; turbo may differ)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            return float(line.split(":")[1])
+    raise RuntimeError("no 'cpu MHz' in /proc/cpuinfo")
 
 
 def main():
@@ -59,8 +105,13 @@ def main():
     header = (f"{cpu_description()}, 1 thread (OPENBLAS_NUM_THREADS={threads}), median of {args.calls} calls of "
               f"FusedStep (DT-size minGRU, compact tokens); load average at start {load:.2f}; "
               f"`FusedStep.blas_from` = {FusedStep.blas_from}")
+    sources, macs, mhz = weight_sources(fused, args.calls)
     text = f"# Fused runtime: compiled loop against BLAS by batch size\n\n{header}\n\n" \
-           f"{frame.astype({'batch': str}).to_markdown(index=False, floatfmt=('', '.1f', '.1f', '.2f'))}\n"
+           f"{frame.astype({'batch': str}).to_markdown(index=False, floatfmt=('', '.1f', '.1f', '.2f'))}\n\n" \
+           f"Batch 1, the step's {macs:,} multiply-adds (its matrix-vector products, {4 * macs / 1e6:.1f} MB of " \
+           f"weights) in one compiled call of the loop, by where the weights come from (per cycle at the " \
+           f"{mhz:.0f} MHz /proc/cpuinfo reports); load average now {os.getloadavg()[0]:.2f}:\n\n" \
+           f"{sources.to_markdown(index=False, floatfmt=('', '', '.1f', '.1f', '.1f'))}\n"
     (ROOT / "results" / "bench_fused_cpu.md").write_text(text)
     print(text)
 
