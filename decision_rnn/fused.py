@@ -267,6 +267,14 @@ def softplus(x):  # torch's: beta 1, threshold 20
 
 
 @njit(**JIT)
+def sigmoid_pair(x, exp_neg_abs):
+    """(sigmoid(x), sigmoid(-x)) from exp(-|x|), each without cancellation."""
+    small = exp_neg_abs / (np.float32(1.0) + exp_neg_abs)
+    large = np.float32(1.0) / (np.float32(1.0) + exp_neg_abs)
+    return (large, small) if x >= 0 else (small, large)
+
+
+@njit(**JIT)
 def backbone_step(P, L, blas, kind, n_layers, relu, x, S, write, y):
     """One backbone step on tokens x (B, E) from state S; S[.., b] is updated only where write[b]."""
     B, E = x.shape
@@ -279,27 +287,33 @@ def backbone_step(P, L, blas, kind, n_layers, relu, x, S, write, y):
             H = S.shape[2]
             proj = np.empty((B, W_in.shape[1 if blas else 0]), np.float32)
             linear(W_in, vec(P, L, k + 3), h, proj, blas)
-            # new = sigmoid(-u) * h + sigmoid(u) * g(c), g(c) = c + 0.5 (c >= 0) or sigmoid(c); every
-            # sigmoid from exp(-|.|) <= 1, without cancellation, and the exps in one vectorized pass.
-            u = np.empty((B, H), np.float32)
-            c = np.empty((B, H), np.float32)
-            e = np.empty((2, B, H), np.float32)
+            # new = keep * h + take * g(c), g(c) = c + 0.5 (c >= 0) or sigmoid(c). minGRU: keep, take =
+            # sigmoid(-z), sigmoid(z); minLSTM: f / (f + i), i / (f + i), f = sigmoid(k_f), i = sigmoid(k_i)
+            # (torch's sigmoid(softplus(-k_i) - softplus(-k_f)), without its two logs per unit). Every sigmoid
+            # from exp(-|.|) <= 1, without cancellation, and all the exps in one vectorized pass.
+            gates = 1 + kind  # minGRU: z; minLSTM: k_f, k_i
+            e = np.empty((gates + 1, B, H), np.float32)
             for b in range(B):
                 for j in range(H):
-                    if kind == 0:
-                        u[b, j], c[b, j] = proj[b, j], proj[b, H + j]
-                    else:
-                        u[b, j] = softplus(-proj[b, j]) - softplus(-proj[b, H + j])
-                        c[b, j] = proj[b, 2 * H + j]
-                    e[0, b, j], e[1, b, j] = -abs(u[b, j]), min(c[b, j], np.float32(0.0))
+                    for g in range(gates):
+                        e[g, b, j] = -abs(proj[b, g * H + j])
+                    e[gates, b, j] = min(proj[b, gates * H + j], np.float32(0.0))
             exp_nonpositive(e.reshape(-1))
             hid = np.empty((B, H), np.float32)
             for b in range(B):
                 for j in range(H):
-                    small = e[0, b, j] / (np.float32(1.0) + e[0, b, j])  # sigmoid(-|u|)
-                    large = np.float32(1.0) - small
-                    keep, take = (small, large) if u[b, j] >= 0 else (large, small)
-                    gc = c[b, j] + np.float32(0.5) if c[b, j] >= 0 else e[1, b, j] / (np.float32(1.0) + e[1, b, j])
+                    if kind == 0:
+                        take, keep = sigmoid_pair(proj[b, j], e[0, b, j])
+                    else:
+                        k_f, k_i = proj[b, j], proj[b, H + j]
+                        if k_f < -80 or k_i < -80:  # a sigmoid near float32's smallest: log space, as torch
+                            u = softplus(-k_f) - softplus(-k_i)
+                            take, keep = sigmoid_pair(u, np.exp(-abs(u)))
+                        else:
+                            f, i = sigmoid_pair(k_f, e[0, b, j])[0], sigmoid_pair(k_i, e[1, b, j])[0]
+                            keep, take = f / (f + i), i / (f + i)
+                    c = proj[b, gates * H + j]
+                    gc = c + np.float32(0.5) if c >= 0 else e[gates, b, j] / (np.float32(1.0) + e[gates, b, j])
                     new = keep * S[layer, b, j] + take * gc
                     hid[b, j] = new
                     if write[b]:

@@ -48,6 +48,32 @@ def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens, acti
     assert worst < 1e-5, worst
 
 
+def test_fused_minlstm_gates_match_torch_where_the_sigmoids_saturate():
+    """Gate logits out to about ±3000: one or both sigmoids below float32's range (the log-space branch),
+    one saturated at 1, both near 1. Scaling the in-projection's gate rows drives the logits there."""
+    model = random_model("minlstm", "compact", n_layers=1)
+    mixer = model.backbone.blocks[0].mixer
+    H = mixer.hidden
+    with torch.no_grad():
+        scale = torch.linspace(-2000, 2000, H)
+        mixer.in_proj.weight[:H] *= scale[:, None]  # k_f from strongly negative to strongly positive
+        mixer.in_proj.weight[H:2 * H] *= scale.flip(0)[:, None]  # k_i: mirrored, with both negative somewhere
+        mixer.in_proj.weight[:2 * H] *= 1 + (torch.arange(2 * H) % 3 == 0)[:, None]  # some logits 2x further out
+    fused = FusedStep(model)
+    rng = np.random.default_rng(1)
+    state, fstate = model.initial_state(2), fused.initial_state(2)
+    prev, rtg, t = np.zeros((2, 3), np.float32), np.array([3600.0, 10.0], np.float32), np.zeros(2, np.int64)
+    for _ in range(20):
+        obs = rng.standard_normal((2, 11)).astype(np.float32)
+        action, fstate = fused(obs, prev, rtg, t, fstate)
+        with torch.no_grad():
+            expected, state = model.step(*map(torch.from_numpy, (obs, prev, rtg, t)), state)
+        np.testing.assert_allclose(action, expected.numpy(), atol=1e-5)
+        for s, f in zip(state, fused.to_torch_state(fstate)):
+            torch.testing.assert_close(f, s, atol=2e-5, rtol=2e-5)
+        prev, t = action, t + 1
+
+
 @pytest.mark.parametrize("backbone", RECURRENT)
 def test_policy_fused_runtime_acts_like_torch_on_a_logged_episode(embedded, backbone):
     model = random_model(backbone, "compact")
