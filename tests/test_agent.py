@@ -1,5 +1,7 @@
 """The return-conditioned agent: step-by-step acting equals the parallel forward; loss masks padding."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -42,6 +44,25 @@ def test_step_loop_equals_parallel_forward(backbone, tokens, activation):
             step_action, state = model.step(states[:, t], prev, rtg[:, t], timesteps[:, t], state)
             torch.testing.assert_close(step_action, parallel[:, t], rtol=1e-9, atol=1e-9)
             prev = actions[:, t]  # teacher forcing: the logged action, as in the parallel forward
+
+
+@pytest.mark.parametrize("K", [1, 8])
+@pytest.mark.parametrize("tokens", ["interleaved", "compact"])
+def test_transformer_acts_over_dt_window_of_the_last_k_steps(tokens, K):
+    """Past K steps too, acting attends over exactly what a training window holds: the last K steps, ending
+    at s_t (3K - 1 tokens interleaved, K compact), not one token more. K = 1 compact keeps no past at all."""
+    model = make_model("transformer", tokens)
+    model = DecisionRNN(replace(model.config, context_len=K)).double().eval()
+    T = 3 * K + 2
+    states, actions, rtg, timesteps = trajectory(2, T, torch.float64)
+    prev = torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)  # a_{t-1}, zero at t = 0
+    with torch.no_grad():
+        state = model.initial_state(2, dtype=torch.float64)
+        for t in range(T):
+            step_action, state = model.step(states[:, t], prev[:, t], rtg[:, t], timesteps[:, t], state)
+            w = slice(max(0, t - K + 1), t + 1)
+            window, _ = model(states[:, w], actions[:, w], rtg[:, w], timesteps[:, w], prev_actions=prev[:, w])
+            torch.testing.assert_close(step_action, window[:, -1], rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("tokens", ["interleaved", "compact"])

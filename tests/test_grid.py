@@ -86,15 +86,16 @@ def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
 
 
 def test_against_previous_pairs_each_agent_with_its_last_code_version_in_the_same_context(grid):
-    v = grid.CODE_VERSION
-    rows = [("mingru", "window", v, 0, 70), ("mingru", "window", v, 1, 40), ("mingru", "window", v - 1, 0, 50),
-            ("mingru", "window", v - 1, 1, 60), ("mingru", "episode", v - 1, 0, 0),  # another context: ignored
-            ("mingru", "window", v - 2, 0, 0),  # older than the previous version: ignored
-            ("lru", "window", v, 0, 10),  # no previous version: no line
+    v = grid.CODE_VERSION  # the transformer: none of its earlier versions counts as current (`UNCHANGED`)
+    rows = [("transformer", "window", v, 0, 70), ("transformer", "window", v, 1, 40),
+            ("transformer", "window", v - 1, 0, 50), ("transformer", "window", v - 1, 1, 60),
+            ("transformer", "episode", v - 1, 0, 0),  # another context: ignored
+            ("transformer", "window", v - 2, 0, 0),  # older than its latest earlier version: ignored
+            ("lru", "window", v, 0, 10),  # no earlier version: no line
             ("d3rlpy-dt", "window", v - 1, 0, 80), ("d3rlpy-dt", "window", v, 0, 90)]  # not ours: no line
     frame = pd.DataFrame(rows, columns=["agent", "context", "version", "seed", "score"]).assign(dataset="hopper-medium")
     (line,) = grid.against_previous(frame)
-    assert line.startswith(f"- mingru v{v} − mingru v{v - 1}: hopper-medium +0.0 (n=2)")  # (+20 - 20) / 2
+    assert line.startswith(f"- transformer now (v{v}) − transformer v{v - 1}: hopper-medium +0.0 (n=2)")  # (20-20)/2
     assert "higher in 1 of 2 seed pairs" in line
 
 
@@ -127,6 +128,9 @@ def test_cells_are_keyed_by_context_and_only_the_current_defaults_are_reported(g
         ("mingru", default_context("mingru")), ("transformer", "window"), ("d3rlpy-dt", "window")]
     assert list(kept.version)[:2] == [v, v]
     assert grid.agent_context("d3rlpy-dt") == "window"
+    for old, agents in grid.UNCHANGED.items():  # their runs of `old` count as current, the others' do not
+        frame = pd.DataFrame([{"agent": a, "context": grid.agent_context(a), "version": old} for a in grid.AGENTS])
+        assert set(grid.current(frame).agent) == set(agents) | {"d3rlpy-dt"}
 
 
 def test_context_report_counts_each_run_once_grid_first(grid, tmp_path):

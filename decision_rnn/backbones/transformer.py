@@ -8,12 +8,14 @@ State: (window, count).
 - window (B, context, dim): the last `context` inputs, most recent last (right-aligned).
 - count (B,): how many window slots hold real inputs (the rest are zeros from the start). It is a
   float of the module's dtype, like every other state tensor, so `state * (1 - done)` resets it.
-`step` appends the input to the window and re-runs the whole stack over it: O(context) per step, as in
-every DT implementation (no KV cache: the window slides, and every layer recomputes over it).
+`step` re-runs the whole stack over the window followed by its input, then appends the input (dropping
+the oldest when the window is full): O(context) per step, as in every DT implementation (no KV cache:
+the window slides, and every layer recomputes over it).
 `forward(x, state)` attends causally over the window's real inputs followed by all of x, without a
-sliding limit. Hence forward(x, state) equals a loop of `step` only while the sequence fits in the
-window (count + T <= context); beyond that, `step` forgets inputs older than `context` steps and
-`forward` does not. Training uses windows of at most `context` inputs, so the two agree there.
+sliding limit. Hence forward(x, state) equals a loop of `step` only while every step's past fits in the
+window (count + T - 1 <= context); beyond that, `step` forgets inputs older than `context` steps and
+`forward` does not. The agent trains on windows of at most `context` + 1 inputs (K steps), so the two
+agree there.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class Transformer(Backbone):
 
     def __init__(self, dim: int, n_layers: int, *, n_heads: int = 1, context: int = 20,
                  mlp_expansion: int = 4, dropout: float = 0.0, activation: str = "relu"):
-        """`n_heads`: attention heads (DT gym: 1). `context`: inputs the window holds (DT's K=20 steps;
-        an agent with several tokens per step passes tokens, e.g. 3K). `mlp_expansion`: MLP width / dim
+        """`n_heads`: attention heads (DT gym: 1). `context`: past inputs the window holds; a step attends
+        over them and its own input (the agent passes DT's window less one: K - 1 steps, or 3K - 2 tokens
+        interleaved). `mlp_expansion`: MLP width / dim
         (GPT-2: 4). `dropout`: on attention weights and residual branches (DT: 0.1; default 0 here).
         `activation`: the MLP's, "gelu" (GPT-2) or "relu" (DT's gym code)."""
         super().__init__(dim, n_layers, lambda: CausalSelfAttention(dim, n_heads, dropout),
@@ -90,5 +93,6 @@ class Transformer(Backbone):
     def _push(self, state: State, x: torch.Tensor) -> State:
         """The state after appending x (B, T, dim): the last `context` inputs and the updated count."""
         window, count = state
-        window = torch.cat([window, x[:, -self.context:]], dim=1)[:, -self.context:]
+        window = torch.cat([window, x], dim=1)
+        window = window[:, window.shape[1] - self.context:]  # not [-context:]: context may be 0
         return window, (count + x.shape[1]).clamp(max=self.context)

@@ -45,8 +45,11 @@ class DecisionRNN(nn.Module):
         self.embed_drop = nn.Dropout(config.dropout)
         options = {"dropout": config.dropout, "activation": config.activation, **config.backbone_options}
         if config.backbone == "transformer":
-            # DT's rollout window: the last K steps, i.e. 3K - 1 tokens ending at s_t (interleaved).
-            options.setdefault("context", self.tokens_per_step * config.context_len - (self.tokens_per_step > 1))
+            # DT's rollout window, what a training window holds: the last K steps ending at s_t, 3K - 1 tokens
+            # interleaved (K compact). The backbone keeps `context` past tokens and attends over them plus the
+            # current one.
+            span = self.tokens_per_step * config.context_len - (self.tokens_per_step > 1)
+            options.setdefault("context", span - 1)
         self.backbone = build(config.backbone, E, config.n_layers, **options)
         if config.block_init_std is not None:
             for module in self.backbone.modules():
