@@ -83,8 +83,10 @@ def cmd_train(args) -> int:
         model_cfg, train_cfg = _configs(args, dataset)
     hook = None
     if train_cfg.eval_every:
-        target = train_cfg.target_return or default_target_return(dataset.env_id)
-        hook = make_eval_hook(dataset.env_id, train_cfg.eval_episodes, target)
+        target = train_cfg.target_return
+        target = default_target_return(dataset.env_id) if target is None else target
+        hook = make_eval_hook(dataset.env_id, train_cfg.eval_episodes, target,
+                              ref=(dataset.ref_min_score, dataset.ref_max_score))
     log.info("training %s (%s tokens, %s context) on %s -> %s",
              model_cfg.backbone, model_cfg.tokens, train_cfg.context, ", ".join(dataset.ids), out)
     summary = train(dataset, model_cfg, train_cfg, out, resume=args.resume, eval_hook=hook)

@@ -166,6 +166,19 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
     if train is not None and train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in (0, 1), e.g. 0.999 (or None for the last weights), got "
                          f"{train.ema_decay!r}")
+    if model.context_len < 1 or model.embed_dim < 1 or model.n_layers < 1:
+        raise ValueError(f"context_len, embed_dim and n_layers must be positive, got {model.context_len}, "
+                         f"{model.embed_dim}, {model.n_layers}")
+    if train is not None:
+        positive = {name: getattr(train, name) for name in
+                    ("steps", "batch_size", "episode_batch_size", "log_every", "checkpoint_every", "eval_episodes")}
+        bad = {name: value for name, value in positive.items() if value < 1}
+        if bad:
+            raise ValueError(f"these TrainConfig fields must be >= 1: {bad}")
+        if not train.lr > 0 or train.warmup_steps < 0 or train.eval_every < 0 or not train.grad_clip > 0:
+            raise ValueError(f"need lr > 0, warmup_steps >= 0, eval_every >= 0 (0: off) and grad_clip > 0 (inf: off), "
+                             f"got lr={train.lr}, warmup_steps={train.warmup_steps}, eval_every={train.eval_every}, "
+                             f"grad_clip={train.grad_clip}")
     if train is not None and train.context == "stream" and model.backbone == "transformer":
         raise ValueError("context 'stream' carries a recurrent state between chunks; the transformer has a "
                          "window, not a state: use context 'window' for it")

@@ -90,7 +90,11 @@ class Policy:
         """Start new episode(s) conditioned on `target_return` (a float or one per batch element)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        target = np.broadcast_to(np.asarray(target_return, dtype=np.float32), (batch_size,))
+        target = np.asarray(target_return, dtype=np.float32)
+        if target.shape not in ((), (1,), (batch_size,)):
+            raise ValueError(f"target_return must be a float or one per batch element ({batch_size}), "
+                             f"got shape {target.shape}")
+        target = np.broadcast_to(target, (batch_size,))
         if not np.all(np.isfinite(target)):
             raise ValueError(f"target_return must be finite, got {target_return}")
         self.batch_size = batch_size
@@ -129,7 +133,7 @@ class Policy:
             if reward_b.size:
                 self._rtg -= reward_b
             action, self._state = self._step(obs_b, self._prev_action, self._rtg, self._timestep, self._state)
-            self._prev_action = action
+            np.copyto(self._prev_action, action)  # a copy: the caller may change the action it gets
             self._timestep += 1
         return action[0] if np.ndim(obs) == 1 else action
 

@@ -200,11 +200,13 @@ def test_minari_id_resolves_through_minari_datasets_path(embedded_copy, monkeypa
 
 
 # --- D4RL files --------------------------------------------------------------------------------
-def test_d4rl_round_trip(tmp_path):
+def test_d4rl_round_trip(tmp_path, monkeypatch):
     path = tmp_path / "hopper-medium-v2.hdf5"
     written = write_d4rl(path, [4, 6, 3], trailing=2)
     data = load_dataset(path)
-    assert data.env_id == "Hopper-v5" and data.ids == (str(path),)
+    assert data.env_id == "Hopper-v5" and data.ids == (str(path.resolve()),)
+    monkeypatch.chdir(tmp_path)  # a relative path names the same dataset (a run resumes from anywhere)
+    assert load_dataset(path.name).ids == data.ids
     assert (data.num_episodes, data.num_steps, data.max_episode_length) == (3, 13, 1000)  # trailing 2 dropped
     np.testing.assert_array_equal(data.offsets, [0, 4, 10, 13])
     np.testing.assert_array_equal(data.observations, written["observations"][:13])  # not next_observations

@@ -75,8 +75,31 @@ def test_bad_input_gives_clear_errors(embedded, runtime):
         policy.act(np.where(np.arange(11) == 3, np.inf, obs), reward=1.0)
     with pytest.raises(ValueError, match="batch_size"):
         policy.reset(3000.0, batch_size=0)
+    with pytest.raises(ValueError, match=r"one per batch element \(2\), got shape \(3,\)"):
+        policy.reset([3000.0, 2000.0, 1000.0], batch_size=2)
     with pytest.raises(ValueError, match="unknown runtime"):
         Policy(policy.model, runtime="tensorrt")
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "fused"])
+def test_changing_a_returned_action_does_not_change_the_next_step(embedded, runtime):
+    """The action is the caller's: adding noise to it in place must not become the policy's a_{t-1}."""
+    policies = [make_policy(embedded, tokens="compact", runtime=runtime) for _ in range(2)]
+    actions = []
+    for i, policy in enumerate(policies):
+        policy.reset(3000.0)
+        action = policy.act(embedded.observations[0])
+        action += 5.0 * i  # only the second caller changes its copy
+        actions.append(policy.act(embedded.observations[1], reward=1.0))
+    np.testing.assert_array_equal(actions[0], actions[1])
+
+
+def test_scores_use_the_given_reference_returns_and_are_nan_without_any():
+    from decision_rnn.evaluation.rollout import score
+
+    np.testing.assert_allclose(score("Hopper-v5", np.array([10.0, 110.0]), (10.0, 210.0)), [0.0, 50.0])
+    np.testing.assert_allclose(score("Hopper-v5", np.array([-20.272305]), None), [0.0], atol=1e-9)  # D4RL's
+    assert np.isnan(score("Pusher-v5", np.array([1.0, 2.0]), (None, None))).all()  # no reference anywhere
 
 
 def test_two_episode_evaluation_gives_finite_normalized_scores(embedded):

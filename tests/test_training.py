@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -233,6 +234,30 @@ def test_lr_schedule_warms_up_then_holds_or_decays_to_a_tenth():
 def test_ema_decay_outside_zero_one_is_refused(decay):
     with pytest.raises(ValueError, match=r"ema_decay must lie in \(0, 1\)"):
         validate(ModelConfig(obs_dim=1, act_dim=1), TrainConfig(ema_decay=decay))
+
+
+@pytest.mark.parametrize("field", ["steps", "batch_size", "log_every", "checkpoint_every"])
+def test_nonpositive_training_settings_are_refused_by_name(field):
+    with pytest.raises(ValueError, match=f"must be >= 1: {{'{field}': 0}}"):
+        validate(ModelConfig(obs_dim=1, act_dim=1), TrainConfig(**{field: 0}))
+    with pytest.raises(ValueError, match=r"grad_clip > 0 \(inf: off\)"):
+        validate(ModelConfig(obs_dim=1, act_dim=1), TrainConfig(grad_clip=0.0))
+
+
+def test_a_fresh_start_drops_log_rows_an_earlier_start_left(embedded, tmp_path):
+    """A start that died before its first checkpoint leaves log rows; starting again without resume drops them."""
+    model_cfg, cfg = small_configs(embedded, 6, checkpoint_every=100)
+    train(embedded, model_cfg, cfg, tmp_path, progress=False)
+    (tmp_path / "checkpoints").rename(tmp_path / "gone")  # as if it had died before its first checkpoint
+    train(embedded, model_cfg, cfg, tmp_path, progress=False)
+    assert len(read_losses(tmp_path)) == 6
+
+
+def test_a_cosine_run_resumes_only_with_its_own_length(embedded, tmp_path):
+    model_cfg, cfg = small_configs(embedded, 10, lr_decay="cosine")
+    train(embedded, model_cfg, cfg, tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="cosine over 10 updates.*--steps 10"):
+        train(embedded, model_cfg, replace(cfg, steps=20), tmp_path, resume=True, progress=False)
 
 
 def test_unknown_window_alignment_is_refused_with_the_choices():

@@ -35,8 +35,9 @@ def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="c
     policy = Policy.load(run, device=device, runtime=runtime)
     env_id = policy.env_id
     targets = list(target_returns or [default_target_return(env_id)])
+    ref = policy.meta.get("ref_min_score"), policy.meta.get("ref_max_score")  # the training data's
     frames = [
-        rollout(policy, env_id, episodes, t, seed=s * 1_000_003).assign(seed_group=s)
+        rollout(policy, env_id, episodes, t, seed=s * 1_000_003, ref=ref).assign(seed_group=s)
         for t in targets
         for s in seeds
     ]

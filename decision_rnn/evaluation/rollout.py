@@ -43,8 +43,11 @@ def rollout(
     *,
     seed: int = 0,
     vectorization: str = "sync",
+    ref: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
-    """Run `episodes` episodes in parallel; one row per episode (return, length, normalized score)."""
+    """Run `episodes` episodes in parallel; one row per episode (return, length, normalized score).
+    `ref`: the (min, max) returns that normalize the score (the dataset's); by default D4RL's for `env_id`,
+    and where it has none, the score is NaN (the returns stay)."""
     envs = make_envs(env_id, episodes, vectorization)
     try:
         obs, _ = envs.reset(seed=seed)  # env i is seeded with seed + i
@@ -69,18 +72,29 @@ def rollout(
         "target_return": target_return,
         "return": returns,
         "length": lengths,
-        "normalized_score": normalized_score(env_id, returns),
+        "normalized_score": score(env_id, returns, ref),
         "wall_s": wall,
     })
 
 
-def make_eval_hook(env_id: str, episodes: int, target_return: float, seed: int = 10_000):
+def score(env_id: str, returns: np.ndarray, ref: tuple[float, float] | None) -> np.ndarray:
+    """D4RL-normalized scores (x100) against `ref`, else D4RL's table for `env_id`, else NaN."""
+    if ref is None or None in ref:
+        try:
+            return normalized_score(env_id, returns)
+        except ValueError:  # no reference returns for this environment
+            return np.full(len(returns), np.nan)
+    return 100.0 * (np.asarray(returns, np.float64) - ref[0]) / (ref[1] - ref[0])
+
+
+def make_eval_hook(env_id: str, episodes: int, target_return: float, seed: int = 10_000,
+                   ref: tuple[float, float] | None = None):
     """A `Trainer` eval hook: the current model's normalized score on `episodes` fixed-seed episodes."""
 
     def hook(model, step: int) -> dict[str, float]:
         was_training = model.training
         frame = rollout(Policy(model, device=next(model.parameters()).device), env_id, episodes,
-                        target_return, seed=seed)
+                        target_return, seed=seed, ref=ref)
         model.train(was_training)
         return {"score_mean": frame.normalized_score.mean(), "score_std": frame.normalized_score.std(ddof=0),
                 "return_mean": frame["return"].mean()}

@@ -47,13 +47,15 @@ def train(
         "sources": list(dataset.sources),
         "dataset_steps": int(dataset.num_steps),
         "dataset_episodes": int(dataset.num_episodes),
-        "ref_min_score": float(dataset.ref_min_score),
-        "ref_max_score": float(dataset.ref_max_score),
+        "ref_min_score": dataset.ref_min_score,  # floats, or None where the data has no reference returns
+        "ref_max_score": dataset.ref_max_score,
     }
     seed_everything(train_config.seed)  # the same seed gives the same initial weights
     trainer = Trainer(build_model(dataset, model_config), dataset, train_config, out, eval_hook=eval_hook, meta=meta)
     if resume and not trainer.resume():
         log.info("--resume: no checkpoint in %s yet, starting fresh", out)
+    elif not resume:  # rows a run that died before its first checkpoint left would precede this one's
+        trainer.truncate_logs(0)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(
         json.dumps({"model": asdict(model_config), "train": asdict(train_config), **meta}, indent=2)

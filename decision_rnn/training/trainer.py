@@ -143,7 +143,7 @@ class Trainer:
         try:
             ckpt = find_checkpoint(self.run_dir)
         except CheckpointError:
-            self._truncate_logs(0)
+            self.truncate_logs(0)
             return False
         loaded, meta = load_model(ckpt, self.device)
         self._check_same_run(meta)
@@ -162,7 +162,7 @@ class Trainer:
         else:  # checkpoints before stream context saved only the sampler's generator
             self.sampler.rng.bit_generator.state = state["sampler_rng"]
         self.step = state["step"]
-        self._truncate_logs(self.step)
+        self.truncate_logs(self.step)
         log.info("resumed from %s at step %d", ckpt, self.step)
         return True
 
@@ -172,6 +172,11 @@ class Trainer:
 
     def _check_same_run(self, meta: dict[str, Any]) -> None:
         """Refuse to resume a checkpoint written with another model or training config (or dataset)."""
+        steps = meta.get("train_config", {}).get("steps")
+        if self.config.lr_decay == "cosine" and steps is not None and steps != self.config.steps:
+            raise CheckpointError(f"{self.run_dir} decays its learning rate along a cosine over {steps} updates; "
+                                  f"resuming with steps={self.config.steps} would make the rate jump. Resume with "
+                                  f"--steps {steps}, or start a new run")
         model_config = {**LEGACY_MODEL_DEFAULTS, **meta.get("model_config", {})}  # what older runs were built with
         saved = {**{f"model.{k}": v for k, v in model_config.items()},
                  **{f"train.{k}": v for k, v in meta.get("train_config", {}).items() if k not in self.RESUMABLE},
@@ -192,7 +197,7 @@ class Trainer:
         )
 
     # ---- logging --------------------------------------------------------------------------------------
-    def _truncate_logs(self, step: int) -> None:
+    def truncate_logs(self, step: int) -> None:
         """Drop log rows written after the checkpoint we resume from, so the log has no duplicates."""
         for name in ("log.csv", "eval.csv"):
             path = self.run_dir / name
