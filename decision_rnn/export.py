@@ -14,6 +14,7 @@ experiments/onnx_control_loop.py for a loop that needs only numpy and onnxruntim
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -30,9 +31,9 @@ class StepFunction(nn.Module):
 
     def __init__(self, model: DecisionRNN):
         super().__init__()
-        self.model = model
-        # The wrapper itself must be in eval mode too: exporters restore the wrapper's mode afterwards,
-        # which would otherwise switch the wrapped model (and its dropout) back to training.
+        # A copy in eval mode: exporting must not switch the caller's model (mid-training, say) out of its
+        # mode; and exporters restore the wrapper's mode afterwards, so the wrapper is in eval mode too.
+        self.model = copy.deepcopy(model)
         self.eval()
 
     def forward(self, obs, prev_action, returns_to_go, timestep, *state):

@@ -25,6 +25,11 @@ def test_train_resume_evaluate_export(tmp_path, capsys):
     assert summary["checkpoint_step"] == 6 and summary["checkpoint_kind"] == "last"
     assert summary["results"][0]["episodes"] == 2
     assert (run / "eval" / "summary.json").exists() and (run / "eval" / "episodes.csv").exists()
+    first_ckpt = sorted((run / "checkpoints").glob("step_*"))[0]  # a given checkpoint: said so, evaluated there
+    assert main(["evaluate", str(first_ckpt), "--episodes", "1", "--target-return", "3600", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["checkpoint_step"] == 4 and summary["checkpoint_kind"] == "given"
+    assert (first_ckpt / "eval" / "summary.json").exists()
     for runtime in ("onnxruntime", "fused"):
         assert main(["evaluate", str(run), "--episodes", "2", "--runtime", runtime, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["runtime"] == runtime

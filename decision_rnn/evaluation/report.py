@@ -42,11 +42,13 @@ def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="c
         for s in seeds
     ]
     frame = pd.concat(frames, ignore_index=True)
+    given = Path(run).resolve() == Path(policy.meta["path"]).resolve()  # a checkpoint, not a run directory
+    kind = "given" if given else "last"
     summary = {
         "run": str(run),
         "checkpoint": policy.meta["path"],
         "checkpoint_step": policy.meta["step"],
-        "checkpoint_kind": "last",
+        "checkpoint_kind": kind,
         "env_id": env_id,
         "datasets": policy.meta.get("datasets"),
         "backbone": policy.model.config.backbone,
@@ -54,7 +56,9 @@ def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="c
         "runtime": runtime,
         "results": summarize(frame),
     }
-    out_dir = Path(out_dir or Path(policy.meta["path"]).parent.parent / "eval")
+    # a run's evaluation goes into the run directory, a given checkpoint's into the checkpoint
+    ckpt = Path(policy.meta["path"])
+    out_dir = Path(out_dir or (ckpt if given else ckpt.parent.parent) / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_dir / "episodes.csv", index=False)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -66,7 +70,7 @@ def format_summary(summary: dict) -> str:
     """The summary as a small text table."""
     lines = [
         f"{summary['backbone']} on {summary['env_id']} ({', '.join(summary['datasets'] or [])}), "
-        f"last checkpoint step {summary['checkpoint_step']}",
+        f"{summary['checkpoint_kind']} checkpoint, step {summary['checkpoint_step']}",
         f"{'target':>8} {'episodes':>8} {'normalized score':>22} {'return':>9} {'length':>7}",
     ]
     for r in summary["results"]:
