@@ -186,6 +186,21 @@ def test_corrupt_checkpoints_give_clear_errors(embedded, tmp_path):
         load_model(tmp_path / "nowhere")
 
 
+class Payload:
+    """Stands for anything a pickle could smuggle in (its `__reduce__` could call os.system)."""
+
+
+def test_trainer_state_with_arbitrary_objects_is_refused(embedded, tmp_path):
+    model = build_model(embedded, small_configs(embedded, 1)[0])
+    path = save_checkpoint(tmp_path, model, 1, trainer_state={"step": 1})
+    torch.save({"step": 1, "payload": Payload()}, path / "trainer.pt")
+    meta = json.loads((path / "meta.json").read_text())
+    meta["sha256"]["trainer.pt"] = ckpt_mod._sha256(path / "trainer.pt")  # a consistent, hostile checkpoint
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="trainer.pt holds objects other than tensors"):
+        ckpt_mod.load_trainer_state(path)
+
+
 def test_interrupted_save_leaves_previous_checkpoint_in_place(embedded, tmp_path, monkeypatch):
     model = build_model(embedded, small_configs(embedded, 1)[0])
     first = save_checkpoint(tmp_path, model, 1)

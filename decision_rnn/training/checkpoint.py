@@ -19,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -177,4 +179,13 @@ def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     path = Path(meta["path"]) / TRAINER
     if not path.exists():
         raise CheckpointError(f"checkpoint {meta['path']} holds no trainer state: it cannot be resumed")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: tensors, plain containers and numpy arrays (the samplers' positions); no other code runs,
+    # so a run directory from elsewhere cannot execute anything through its trainer.pt
+    multiarray = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    with torch.serialization.safe_globals([np.ndarray, np.dtype, multiarray.multiarray._reconstruct, *dtypes]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"checkpoint {meta['path']}: {TRAINER} holds objects other than tensors, "
+                                  f"containers and numpy arrays; refused, as loading them could run code ({e})") from e
