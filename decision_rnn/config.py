@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-TOKENIZATIONS = ("interleaved", "compact")
+TOKENIZATIONS = ("interleaved", "compact", "split")
 ACTIVATIONS = ("gelu", "relu")
 CONTEXTS = ("window", "episode", "stream")
 WINDOW_ALIGNS = ("start", "end", "uniform")
@@ -38,9 +38,10 @@ class ModelConfig:
     """Residual blocks in the backbone. DT: n_layer=3."""
     dropout: float = 0.1
     """Dropout in the backbone and on embeddings. DT: dropout=0.1."""
-    tokens: Literal["interleaved", "compact"] = "interleaved"
+    tokens: Literal["interleaved", "compact", "split"] = "interleaved"
     """`interleaved`: DT's (return, state, action) tokens, 3 per step. `compact`: one token per step,
-    the sum of return, state and previous-action embeddings (3x shorter sequences)."""
+    the sum of return, state and previous-action embeddings (3x shorter sequences). `split`: two per
+    step, the return's own token and the sum of state and previous-action embeddings."""
     context_len: int = 20
     """K, the window of steps the transformer attends over at rollout (and the training window in
     `window` context). DT: K=20."""

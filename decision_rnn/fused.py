@@ -32,6 +32,7 @@ except ImportError as e:
 from .models import DecisionRNN
 
 KINDS = {"mingru": 0, "minlstm": 1, "lru": 2}
+TOKENS = {"compact": 0, "interleaved": 1, "split": 2}
 # error_model="numpy": a float division by zero gives inf (none can occur here) instead of raising, so the
 # compiler drops the zero checks and vectorizes loops that divide (GELU's erf, sigmoids, layer norms).
 JIT = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
@@ -54,7 +55,7 @@ class FusedStep:
                              f"(its step attends over a K-step window); use runtime='onnxruntime'")
         c = model.config
         self.kind = KINDS[kind]
-        self.interleaved = c.tokens == "interleaved"
+        self.tokens = TOKENS[c.tokens]
         self.act_dim = c.act_dim
         self.n_layers = len(model.backbone.blocks)
         shapes = model.backbone.state_shapes(1)
@@ -70,7 +71,7 @@ class FusedStep:
         """(B, obs), (B, act), (B,), (B,) int, (n, B, H) -> ((B, act), (n, B, H)); the state is updated in place."""
         blas, params, table = self._weights(obs.shape[0])
         action = np.empty((obs.shape[0], self.act_dim), np.float32)
-        step(params, table, blas, self.kind, self.n_layers, self.interleaved, self.scalars,
+        step(params, table, blas, self.kind, self.n_layers, self.tokens, self.scalars,
              np.ascontiguousarray(obs, np.float32), np.ascontiguousarray(prev_action, np.float32),
              returns_to_go, np.ascontiguousarray(timestep, np.int64), state, action)
         return action, state
@@ -83,7 +84,7 @@ class FusedStep:
         in place. Takes arrays as `Policy` keeps them (contiguous; float32, timestep int64). Returns the
         action, or None when obs holds NaN or inf (then nothing was changed)."""
         blas, params, table = self._weights(obs.shape[0])
-        action = policy_step(params, table, blas, self.kind, self.n_layers, self.interleaved,
+        action = policy_step(params, table, blas, self.kind, self.n_layers, self.tokens,
                              self.scalars, obs, reward, prev_action, returns_to_go, timestep, state)
         return action if action.shape[0] else None
 
@@ -362,7 +363,7 @@ def embed_finish(P, L, token):
 
 
 @njit(**JIT)
-def step(P, L, blas, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, action):
+def step(P, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, action):
     B = obs.shape[0]
     time_table = mat(P, L, 2)
     E = time_table.shape[1]
@@ -386,7 +387,7 @@ def step(P, L, blas, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S,
     ts = np.minimum(np.maximum(t, 0), max_t)
     y = np.empty((B, E), np.float32)
     every = np.ones(B, np.bool_)
-    if interleaved:
+    if tokens == 1:  # interleaved: a_{t-1} (not at t = 0), R_t, s_t
         tok = np.empty((B, E), np.float32)
         later = t > 0
         for b in range(B):
@@ -402,13 +403,19 @@ def step(P, L, blas, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S,
             for j in range(E):
                 tok[b, j] = s_emb[b, j] + time_table[ts[b], j]
         k = backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
-    else:
+    else:  # compact: R_t + s_t + a_{t-1}; split: R_t, then s_t + a_{t-1}
         tok = np.empty((B, E), np.float32)
+        if tokens == 2:
+            for b in range(B):
+                for j in range(E):
+                    tok[b, j] = r_emb[b, j] + time_table[ts[b], j]
+            backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
         b_a = vec(P, L, 8)
         for b in range(B):
             for j in range(E):
                 a = a_emb[b, j] if t[b] > 0 else b_a[j]  # a_{-1} = 0: only the bias
-                tok[b, j] = s_emb[b, j] + r_emb[b, j] + a + time_table[ts[b], j]
+                r = r_emb[b, j] if tokens == 0 else np.float32(0.0)
+                tok[b, j] = s_emb[b, j] + r + a + time_table[ts[b], j]
         k = backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
     linear(mat(P, L, k), vec(P, L, k + 1), y, action, blas)
     for b in range(B):
@@ -428,14 +435,14 @@ def not_finite(x):
 
 
 @njit(**JIT)
-def policy_step(P, L, blas, kind, n_layers, interleaved, scalars, obs, reward, prev, rtg, t, S):
+def policy_step(P, L, blas, kind, n_layers, tokens, scalars, obs, reward, prev, rtg, t, S):
     """`FusedStep.act`: an empty (0, act) array when obs is not finite, else the action."""
     if not_finite(obs):
         return np.empty((0, prev.shape[1]), np.float32)
     for b in range(reward.shape[0]):
         rtg[b] -= reward[b]
     action = np.empty_like(prev)
-    step(P, L, blas, kind, n_layers, interleaved, scalars, obs, prev, rtg, t, S, action)
+    step(P, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, action)
     prev[:] = action
     for b in range(t.shape[0]):
         t[b] += 1

@@ -13,6 +13,9 @@ does differently:
 - `window-align-end` (window context only): d3rlpy's windows END at a uniformly drawn step; DT's code
   (and `TrainConfig`'s default) STARTS them there. The CPU protocol end-aligns since v3.
 - `tokens-interleaved`: DT's and d3rlpy's (return, state, action) tokens instead of our compact ones.
+- `tokens-split` (not from d3rlpy): two tokens per step, the return's own and state + previous action
+  (`ModelConfig.tokens="split"`): does the return's own token give interleaved's hopper-mixed scores at
+  two thirds of its sequence length?
 - `gpt2-init`: d3rlpy's init, N(0, 0.02) for every Linear in the blocks (zero biases) and for the
   timestep embedding; ours up to v3 was PyTorch's default.
 - `relu`: ReLU in the blocks' MLPs, DT's gym default and d3rlpy's; ours up to v3 was GPT-2's GELU.
@@ -62,6 +65,7 @@ VARIANTS = {
     "grad-clip-0.083": ({}, {"grad_clip": 0.25 / 3}),
     "window-align-end": ({}, {"window_align": "end"}),
     "tokens-interleaved": ({"tokens": "interleaved"}, {}),
+    "tokens-split": ({"tokens": "split"}, {}),
     "gpt2-init": ({"block_init_std": 0.02, "timestep_init_std": 0.02}, {}),
     "relu": ({"activation": "relu"}, {}),
     "d3rlpy-model": ({"activation": "relu", "block_init_std": 0.02, "timestep_init_std": 0.02},

@@ -29,7 +29,7 @@ def trajectory(B, T, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
-@pytest.mark.parametrize("tokens", ["interleaved", "compact"])
+@pytest.mark.parametrize("tokens", ["interleaved", "compact", "split"])
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_step_loop_equals_parallel_forward(backbone, tokens, activation):
     model = make_model(backbone, tokens, activation=activation).double().eval()
@@ -47,10 +47,10 @@ def test_step_loop_equals_parallel_forward(backbone, tokens, activation):
 
 
 @pytest.mark.parametrize("K", [1, 8])
-@pytest.mark.parametrize("tokens", ["interleaved", "compact"])
+@pytest.mark.parametrize("tokens", ["interleaved", "compact", "split"])
 def test_transformer_acts_over_dt_window_of_the_last_k_steps(tokens, K):
     """Past K steps too, acting attends over exactly what a training window holds: the last K steps, ending
-    at s_t (3K - 1 tokens interleaved, K compact), not one token more. K = 1 compact keeps no past at all."""
+    at s_t (3K - 1 tokens interleaved, 2K split, K compact), not one token more. K = 1 compact keeps no past at all."""
     model = make_model("transformer", tokens)
     model = DecisionRNN(replace(model.config, context_len=K)).double().eval()
     T = 3 * K + 2
@@ -65,7 +65,7 @@ def test_transformer_acts_over_dt_window_of_the_last_k_steps(tokens, K):
             torch.testing.assert_close(step_action, window[:, -1], rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("tokens", ["interleaved", "compact"])
+@pytest.mark.parametrize("tokens", ["interleaved", "compact", "split"])
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_loss_ignores_right_padding_and_trains_every_parameter(backbone, tokens):
     from decision_rnn.data import Batch
@@ -128,7 +128,7 @@ def test_block_init_std_reinitialises_every_backbone_linear():
         assert abs(m.weight.std().item() - 0.02) < 0.003 and not m.bias.any()
 
 
-@pytest.mark.parametrize("tokens", ["interleaved", "compact"])
+@pytest.mark.parametrize("tokens", ["interleaved", "compact", "split"])
 @pytest.mark.parametrize("backbone", ["mingru", "minlstm", "lru"])
 def test_stream_chunks_with_carried_state_equal_the_whole_episode_forward(backbone, tokens):
     """Stream context's training chunks see exactly the state the agent has at rollout (float64)."""

@@ -11,11 +11,13 @@ from decision_rnn.export import export_onnx, export_torchscript, io_names
 BACKBONES = ["mingru", "minlstm", "lru", "transformer"]
 
 
-@pytest.mark.parametrize(("backbone", "activation"), [(b, "gelu") for b in BACKBONES] + [("mingru", "relu")])
-def test_exports_match_pytorch_step_by_step(backbone, activation, tmp_path):
+@pytest.mark.parametrize(("backbone", "activation", "tokens"),
+                         [(b, "gelu", "interleaved") for b in BACKBONES]
+                         + [("mingru", "relu", "interleaved"), ("mingru", "gelu", "split"), ("transformer", "gelu", "split")])
+def test_exports_match_pytorch_step_by_step(backbone, activation, tokens, tmp_path):
     torch.manual_seed(0)
     model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, embed_dim=16, n_layers=2,
-                                    context_len=5, activation=activation)).eval()
+                                    context_len=5, activation=activation, tokens=tokens)).eval()
     onnx_path = export_onnx(model, tmp_path / "policy.onnx")
     ts = torch.jit.load(str(export_torchscript(model, tmp_path / "policy.pt")))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -22,7 +22,7 @@ def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0, activation=
     return model
 
 
-@pytest.mark.parametrize(("tokens", "activation"), [("compact", "gelu"), ("interleaved", "gelu"), ("compact", "relu")])
+@pytest.mark.parametrize(("tokens", "activation"), [("compact", "gelu"), ("interleaved", "gelu"), ("split", "gelu"), ("compact", "relu")])
 @pytest.mark.parametrize("backbone", RECURRENT)
 @pytest.mark.parametrize(("B", "blas_from"), [(1, 64), (6, 64), (6, 2)])  # the loop; (6, 2): BLAS (sgemm)
 def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens, activation, B, blas_from):

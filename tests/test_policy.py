@@ -20,7 +20,7 @@ def make_policy(dataset, backbone="mingru", tokens="interleaved", runtime="torch
 
 @pytest.mark.parametrize(("backbone", "runtime"), [(b, r) for b in BACKBONES for r in ("torch", "onnxruntime", "fused")
                                                   if not (b == "transformer" and r == "fused")])
-@pytest.mark.parametrize("tokens", ["interleaved", "compact"])
+@pytest.mark.parametrize("tokens", ["interleaved", "compact", "split"])
 def test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, backbone, tokens, runtime):
     policy = make_policy(embedded, backbone, tokens, runtime)
     start, end = embedded.offsets[0], embedded.offsets[1]

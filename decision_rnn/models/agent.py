@@ -13,6 +13,9 @@ Tokenisations (`ModelConfig.tokens`):
   (skipped at t = 0), R_t, s_t: three O(1) backbone steps.
 - `compact` (ours): one token per step, emb(R_t) + emb(s_t) + emb(a_{t-1}) + time(t), with
   a_{-1} = 0; a_t is predicted from its output. One backbone step per env step.
+- `split` (ours): two tokens per step, R_t and s_t + a_{t-1} (each plus time(t)): the return keeps a
+  token of its own, as in DT, at two thirds of its sequence length; a_t is predicted from the output at
+  the second token. Two backbone steps per env step.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..backbones import build
 from ..config import ModelConfig, validate
 
 State = tuple[torch.Tensor, ...]
+TOKENS_PER_STEP = {"interleaved": 3, "split": 2, "compact": 1}
 
 
 class DecisionRNN(nn.Module):
@@ -34,7 +38,7 @@ class DecisionRNN(nn.Module):
         validate(config)
         self.config = config
         E = config.embed_dim
-        self.tokens_per_step = 3 if config.tokens == "interleaved" else 1
+        self.tokens_per_step = TOKENS_PER_STEP[config.tokens]
         std = config.timestep_init_std
         init = None if std is None else torch.empty(config.max_timestep, E).normal_(0.0, std)
         self.embed_timestep = nn.Embedding(config.max_timestep, E, _weight=init)  # _weight: no default init
@@ -46,9 +50,9 @@ class DecisionRNN(nn.Module):
         options = {"dropout": config.dropout, "activation": config.activation, **config.backbone_options}
         if config.backbone == "transformer":
             # DT's rollout window, what a training window holds: the last K steps ending at s_t, 3K - 1 tokens
-            # interleaved (K compact). The backbone keeps `context` past tokens and attends over them plus the
-            # current one.
-            span = self.tokens_per_step * config.context_len - (self.tokens_per_step > 1)
+            # interleaved (2K split, K compact). The backbone keeps `context` past tokens and attends over them
+            # plus the current one.
+            span = self.tokens_per_step * config.context_len - (config.tokens == "interleaved")
             options.setdefault("context", span - 1)
         self.backbone = build(config.backbone, E, config.n_layers, **options)
         if config.block_init_std is not None:
@@ -82,7 +86,7 @@ class DecisionRNN(nn.Module):
     def embed(self, states, actions, returns_to_go, timesteps, prev_actions=None) -> torch.Tensor:
         """(B, T, obs), (B, T, act), (B, T), (B, T) -> tokens (B, T * tokens_per_step, E).
 
-        `prev_actions` (B, T, act): a_{t-1}, for compact tokens of sequences that start mid-episode;
+        `prev_actions` (B, T, act): a_{t-1}, for compact/split tokens of sequences that start mid-episode;
         None: `actions` shifted by one step, with a_{-1} = 0 (sequences that start at step 0)."""
         B, T = timesteps.shape
         time = self._time(timesteps)  # (B, T, E)
@@ -94,7 +98,11 @@ class DecisionRNN(nn.Module):
             prev = prev_actions
             if prev is None:
                 prev = torch.cat((torch.zeros_like(actions[:, :1]), actions[:, :-1]), dim=1)  # a_{-1} = 0
-            tokens = r + s + self.embed_action(prev) + time
+            sa = s + self.embed_action(prev)
+            if self.config.tokens == "split":
+                tokens = (torch.stack((r, sa), dim=2) + time.unsqueeze(2)).reshape(B, 2 * T, -1)  # R_0 (s_0 a_-1) R_1..
+            else:
+                tokens = r + sa + time
         return self._finish(tokens)
 
     # ---- parallel (training) ------------------------------------------------------------------------
@@ -107,9 +115,9 @@ class DecisionRNN(nn.Module):
             raise ValueError(f"prev_actions must have the shape of actions {tuple(actions.shape)}, "
                              f"got {tuple(prev_actions.shape)}")
         y, state = self.backbone(self.embed(states, actions, returns_to_go, timesteps, prev_actions), state)
-        if self.config.tokens == "interleaved":
+        if self.tokens_per_step > 1:
             B, T = timesteps.shape
-            y = y.reshape(B, T, 3, -1)[:, :, 1]  # outputs at the s_t tokens
+            y = y.reshape(B, T, self.tokens_per_step, -1)[:, :, 1]  # outputs at the s_t tokens
         return self.action_head(y), state
 
     def loss(self, batch, return_state: bool = False):
@@ -143,8 +151,13 @@ class DecisionRNN(nn.Module):
             y, state = self.backbone.step(self._finish(self._state_emb(obs) + time), state)
         else:
             prev = torch.where((timestep == 0).unsqueeze(-1), torch.zeros_like(prev_action), prev_action)
-            token = self._state_emb(obs) + self._return_emb(returns_to_go) + self.embed_action(prev) + time
-            y, state = self.backbone.step(self._finish(token), state)
+            sa = self._state_emb(obs) + self.embed_action(prev)
+            r = self._return_emb(returns_to_go)
+            if self.config.tokens == "split":
+                _, state = self.backbone.step(self._finish(r + time), state)
+                y, state = self.backbone.step(self._finish(sa + time), state)
+            else:
+                y, state = self.backbone.step(self._finish(r + sa + time), state)
         return self.action_head(y), state
 
     def _check_inputs(self, states, actions, returns_to_go, timesteps) -> None:
