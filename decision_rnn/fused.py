@@ -62,7 +62,8 @@ class FusedStep:
         self.n_state, self.width = len(shapes), shapes[0][1]
         # Two layouts of the same weights: (out, in) for the loop, (in, out) for BLAS from `blas_from` rows.
         self.packed = {blas: _pack(model, transposed=blas) for blas in (False, True)}
-        self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1, c.activation == "relu"], np.float64)
+        self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1, c.activation == "relu", c.return_ln],
+                                np.float64)
 
     def initial_state(self, batch_size: int) -> np.ndarray:
         return np.zeros((self.n_state, batch_size, self.width), np.float32)
@@ -130,6 +131,8 @@ def _pack(model: DecisionRNN, transposed: bool) -> tuple[np.ndarray, np.ndarray]
     head = m.action_head[0]
     tensors += [f64(m.backbone.ln_f.weight)[None], f64(m.backbone.ln_f.bias)[None],
                 w(head.weight), f64(head.bias)[None]]
+    if m.config.return_ln:  # last, so that every other entry keeps its index
+        tensors += [f64(m.return_ln.weight)[None], f64(m.return_ln.bias)[None]]
     table, offset = [], 0
     for t in tensors:
         table.append((offset, t.shape[0], t.shape[1]))
@@ -384,6 +387,9 @@ def step(P, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, acti
         r = np.float32(rtg[b] * scalars[0])
         for j in range(E):
             r_emb[b, j] = w_r[j] * r + b_r[j]
+    if scalars[3] != 0:  # return_ln: the last two table entries
+        n = L.shape[0]
+        layer_norm(r_emb.copy(), vec(P, L, n - 2), vec(P, L, n - 1), r_emb)
     ts = np.minimum(np.maximum(t, 0), max_t)
     y = np.empty((B, E), np.float32)
     every = np.ones(B, np.bool_)

@@ -16,6 +16,9 @@ does differently:
 - `tokens-split` (not from d3rlpy): two tokens per step, the return's own and state + previous action
   (`ModelConfig.tokens="split"`): does the return's own token give interleaved's hopper-mixed scores at
   two thirds of its sequence length?
+- `return-ln` (not from d3rlpy): compact tokens whose return embedding is LayerNormed on its own
+  (`ModelConfig.return_ln`), so that a target far above the data's returns cannot outweigh the state in
+  the token (experiments/return_dominance.py measures how much it does without).
 - `gpt2-init`: d3rlpy's init, N(0, 0.02) for every Linear in the blocks (zero biases) and for the
   timestep embedding; ours up to v3 was PyTorch's default.
 - `relu`: ReLU in the blocks' MLPs, DT's gym default and d3rlpy's; ours up to v3 was GPT-2's GELU.
@@ -57,7 +60,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from protocol import train_and_evaluate
-from results_grid import CODE_VERSION, DATASETS, locked, our_curves, versions
+from results_grid import CODE_VERSION, DATASETS, grid_versions, locked, our_curves, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -66,6 +69,7 @@ VARIANTS = {
     "window-align-end": ({}, {"window_align": "end"}),
     "tokens-interleaved": ({"tokens": "interleaved"}, {}),
     "tokens-split": ({"tokens": "split"}, {}),
+    "return-ln": ({"return_ln": True}, {}),
     "gpt2-init": ({"block_init_std": 0.02, "timestep_init_std": 0.02}, {}),
     "relu": ({"activation": "relu"}, {}),
     "d3rlpy-model": ({"activation": "relu", "block_init_std": 0.02, "timestep_init_std": 0.02},
@@ -128,6 +132,14 @@ CPU protocol (cosine decay + end-aligned windows), so v2's `cosine-decay` is v3'
 Their runs also count as pairs of the other against that version's grid run."""
 
 
+def as_every_version(grid: pd.DataFrame) -> pd.DataFrame:
+    """Grid rows under their own code version, and once more under the current one where the grid counts
+    them as current (`grid_versions`: later versions did not change that agent's training)."""
+    own, now = versions(grid), grid_versions(grid)
+    return pd.concat([grid.assign(version=own), grid[now != own].assign(version=now[now != own])],
+                     ignore_index=True)
+
+
 def paired_differences(frame: pd.DataFrame, grid: pd.DataFrame, over: str = "curve") -> pd.Series:
     """Each variant run's score minus the grid's window run of the same (code version, agent, dataset,
     seed), indexed by (version, agent, dataset, seed, variant); `SAME_TRAINING` runs count twice.
@@ -137,6 +149,7 @@ def paired_differences(frame: pd.DataFrame, grid: pd.DataFrame, over: str = "cur
     grid_run = "grid run (window context)"
     rows = frame[(frame.kind == over) & (frame.variant != grid_run)]
     own = grid[(grid.kind == over) & (grid.context == "window")].assign(variant=grid_run)
+    own = as_every_version(own)
     rows = pd.concat([rows, own], ignore_index=True).assign(version=lambda f: versions(f))
     for (variant, version), (alias, alias_version) in SAME_TRAINING.items():
         same = rows[(rows.variant == variant) & (rows.version == version)]
@@ -169,7 +182,7 @@ def per_dataset(diff: pd.Series, sweep: pd.Series, grid: pd.DataFrame, min_datas
     paired, the grid's mean and the variant's mean over them, the mean difference and wins; then the mean
     difference of the runs' means over the target sweep (`sweep`: `paired_differences(over="target")`)."""
     key = ["version", "agent", "dataset", "seed"]
-    grid = grid[(grid.kind == "curve") & (grid.context == "window")].assign(version=lambda f: versions(f))
+    grid = as_every_version(grid[(grid.kind == "curve") & (grid.context == "window")])
     grid = grid.loc[grid.groupby(key).x.idxmax()].set_index(key).score
     parts = []
     for (version, agent, variant), d in diff.groupby(level=["version", "agent", "variant"]):

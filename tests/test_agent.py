@@ -46,6 +46,27 @@ def test_step_loop_equals_parallel_forward(backbone, tokens, activation):
             prev = actions[:, t]  # teacher forcing: the logged action, as in the parallel forward
 
 
+@pytest.mark.parametrize("tokens", ["compact", "split", "interleaved"])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_return_ln_bounds_the_return_part_and_step_still_equals_forward(backbone, tokens):
+    model = make_model(backbone, tokens, return_ln=True).double().eval()
+    with torch.no_grad():
+        model.return_ln.weight.uniform_(0.5, 1.5)
+        parts = model._return_emb(torch.tensor([0.0, 600.0, 3600.0, 1e6], dtype=torch.float64))
+        E = model.config.embed_dim  # a normalized vector has norm sqrt(E)
+        bound = model.return_ln.weight.abs().max() * E ** 0.5 + model.return_ln.bias.norm()
+        assert (parts.norm(dim=-1) <= bound + 1e-9).all()  # bounded whatever the target, unlike embed_return
+        assert model.embed_return(torch.tensor([[1e3]], dtype=torch.float64)).norm() > bound
+        T = model.config.context_len if backbone == "transformer" else 30
+        states, actions, rtg, timesteps = trajectory(2, T, torch.float64)
+        parallel, _ = model(states, actions, rtg, timesteps)
+        state, prev = model.initial_state(2, dtype=torch.float64), torch.zeros(2, ACT, dtype=torch.float64)
+        for t in range(T):
+            step_action, state = model.step(states[:, t], prev, rtg[:, t], timesteps[:, t], state)
+            torch.testing.assert_close(step_action, parallel[:, t], rtol=1e-9, atol=1e-9)
+            prev = actions[:, t]
+
+
 @pytest.mark.parametrize("K", [1, 8])
 @pytest.mark.parametrize("tokens", ["interleaved", "compact", "split"])
 def test_transformer_acts_over_dt_window_of_the_last_k_steps(tokens, K):

@@ -272,3 +272,32 @@ def test_adopted_runs_become_grid_runs_of_the_adopting_version(grid, monkeypatch
     assert rows[0]["agent"] == grid.grid_agent("mingru", tokens)
     assert sorted(c["score"] for c in curves) == [10.0, 20.0, 30.0, 30.0]
     assert {c["version"] for c in curves} == {grid_version}
+
+
+@pytest.mark.parametrize("tokens", ["compact", "split", "interleaved"])
+def test_window_actor_acts_as_a_training_window_and_as_the_policy_within_k_steps(grid, tokens):
+    """experiments/window_acting.py: within the first K steps the window is the whole episode, so it acts as
+    the deployed policy; after K steps it forgets what fell out of the window and the two part."""
+    import numpy as np
+    import torch
+
+    from decision_rnn import DecisionRNN, ModelConfig, Policy
+
+    spec = importlib.util.spec_from_file_location("window_acting", EXPERIMENTS / "window_acting.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = DecisionRNN(ModelConfig(obs_dim=4, act_dim=2, backbone="mingru", tokens=tokens, embed_dim=16,
+                                    n_layers=2, context_len=5, dropout=0.0, block_init_std=None)).eval()
+    policy, window = Policy(model), module.WindowActor(model)
+    policy.reset(300.0, batch_size=3)
+    window.reset(300.0, batch_size=3)
+    rng = np.random.default_rng(0)
+    gaps, reward = [], None
+    for _ in range(12):
+        obs = rng.standard_normal((3, 4)).astype(np.float32)
+        a, b = policy.act(obs, reward), window.act(obs, reward)
+        gaps.append(np.abs(a - b).max())
+        reward = rng.uniform(0, 5, 3).astype(np.float32)
+    assert max(gaps[:5]) < 1e-6, gaps
+    assert min(gaps[5:]) > 1e-4, gaps  # >= 2.4e-4 here, against <= 2e-7 within K

@@ -43,6 +43,7 @@ class DecisionRNN(nn.Module):
         init = None if std is None else torch.empty(config.max_timestep, E).normal_(0.0, std)
         self.embed_timestep = nn.Embedding(config.max_timestep, E, _weight=init)  # _weight: no default init
         self.embed_return = nn.Linear(1, E)
+        self.return_ln = nn.LayerNorm(E) if config.return_ln else nn.Identity()
         self.embed_state = nn.Linear(config.obs_dim, E)
         self.embed_action = nn.Linear(config.act_dim, E)
         self.embed_ln = nn.LayerNorm(E)
@@ -78,7 +79,7 @@ class DecisionRNN(nn.Module):
         return self.embed_state((obs - self.obs_mean) / self.obs_std)
 
     def _return_emb(self, rtg: torch.Tensor) -> torch.Tensor:
-        return self.embed_return(rtg.unsqueeze(-1) / self.config.return_scale)
+        return self.return_ln(self.embed_return(rtg.unsqueeze(-1) / self.config.return_scale))
 
     def _finish(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embed_drop(self.embed_ln(tokens))
