@@ -47,15 +47,17 @@ DATASETS = {
     "walker2d-mixed": ["zoo/walker2d/mixed-v0"],
     "walker2d-medium-expert": ["zoo/walker2d/medium-v0", "zoo/walker2d/expert-v0"],
 }
-AGENTS = ["mingru", "minlstm", "lru", "transformer", "mingru-interleaved", "d3rlpy-dt"]
-"""Our agents are named by backbone, trained with compact tokens; `-interleaved`: with DT's (return, state,
-action) tokens (recipe_ablation.py's `tokens-interleaved` fixed minGRU's hopper-mixed cells, at ~2x the
-training time); d3rlpy-dt: d3rlpy's DecisionTransformer."""
+AGENTS = ["mingru", "minlstm", "lru", "transformer", "mingru-interleaved", "mingru-return-ln", "minlstm-return-ln",
+          "d3rlpy-dt"]
+"""Our agents are a backbone and a flavour (`FLAVOURS`); d3rlpy-dt: d3rlpy's DecisionTransformer."""
+FLAVOURS = {"": ("compact", {}), "-interleaved": ("interleaved", {}), "-return-ln": ("compact", {"return_ln": True})}
+"""Agent-name suffix -> (tokens, ModelConfig options). None: compact tokens. `-interleaved`: DT's (return, state,
+action) tokens (recipe_ablation.py's `tokens-interleaved` fixed minGRU's hopper-mixed cells, at ~2x the training
+time). `-return-ln`: compact tokens with the return embedding LayerNormed alone (`return-ln` there)."""
 CORE = ["mingru", "minlstm", "lru", "d3rlpy-dt"]
 """The agents the goal check needs on a dataset; the others (our transformer among them) join it once they
 have every dataset it judges."""
-RECURRENT = ("mingru", "minlstm", "lru", "mingru-interleaved")
-INTERLEAVED = "-interleaved"
+RECURRENT = ("mingru", "minlstm", "lru", "mingru-interleaved", "mingru-return-ln", "minlstm-return-ln")
 SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
 
 
@@ -73,24 +75,29 @@ UNCHANGED = {4: ("mingru", "minlstm", "lru", "mingru-interleaved")}
 """Agents whose runs of an earlier version train and act exactly as the current version's (v5 changed only
 the transformer): the grid counts them as current-version runs (`grid_versions`)."""
 
-ADOPTED = {("d3rlpy-model", 3): (4, "compact"), ("tokens-interleaved", 4): (4, "interleaved")}
+ADOPTED = {("d3rlpy-model", 3): (4, ""), ("tokens-interleaved", 4): (4, "-interleaved"),
+           ("return-ln", 5): (5, "-return-ln")}
 """Recipe-ablation runs, by (variant, code version), that trained exactly what a grid agent of a grid version
-trains, -> (that version, the agent's tokens): v4 made `d3rlpy-model`'s options the defaults (a 40-update
+trains, -> (that version, the agent's flavour): v4 made `d3rlpy-model`'s options the defaults (a 40-update
 run at the ablation's commit and at v4's gave identical weights); `tokens-interleaved` v4 is what the
-`-interleaved` agents train (tests/test_grid.py checks both). `--adopt` copies them into the grid as that
-version's runs of that agent, marked in `source` (window context, as the grid's)."""
+`-interleaved` agents train, `return-ln` v5 what the `-return-ln` ones do (tests/test_grid.py checks them).
+`--adopt` copies them into the grid as that version's runs of that agent, marked in `source` (window context,
+as the grid's)."""
 
 
 def split_agent(agent: str) -> tuple[str, str]:
-    """One of our grid agents -> (backbone, tokens)."""
-    if agent.endswith(INTERLEAVED):
-        return agent.removesuffix(INTERLEAVED), "interleaved"
-    return agent, "compact"
+    """One of our grid agents -> (backbone, flavour suffix)."""
+    for suffix in sorted(FLAVOURS, key=len, reverse=True):
+        if suffix and agent.endswith(suffix):
+            return agent.removesuffix(suffix), suffix
+    return agent, ""
 
 
-def grid_agent(backbone: str, tokens: str) -> str:
-    """The grid agent that trains `backbone` with `tokens` (the inverse of `split_agent`)."""
-    return backbone + (INTERLEAVED if tokens == "interleaved" else "")
+def agent_spec(agent: str) -> tuple[str, str, dict]:
+    """One of our grid agents -> (backbone, tokens, ModelConfig options)."""
+    backbone, flavour = split_agent(agent)
+    tokens, options = FLAVOURS[flavour]
+    return backbone, tokens, dict(options)
 
 
 def agent_context(agent: str) -> str:
@@ -221,16 +228,16 @@ def adopted_runs(ablation: pd.DataFrame, episodes: int = 10) -> tuple[list[dict]
     """Grid rows and curve rows for the `ADOPTED` recipe-ablation runs (last curve point = the run's score).
     `episodes`: what the ablation evaluated with (its default, 10)."""
     rows, curves = [], []
-    for (variant, version), (grid_version, tokens) in ADOPTED.items():
+    for (variant, version), (grid_version, flavour) in ADOPTED.items():
         mine = ablation[(ablation.variant == variant) & (versions(ablation) == version)]
         for (name, backbone, seed), run in mine.groupby(["dataset", "agent", "seed"]):
             last = run[run.kind == "curve"].sort_values("x").iloc[-1]
             source = f"recipe_ablation {variant} v{version}"
             log = ROOT / "runs" / "recipe_ablation" / name / f"{backbone}-s{seed}-{variant}"
-            agent = grid_agent(backbone, tokens)
+            agent = backbone + flavour
             rows.append({"dataset": name, "agent": agent, "seed": seed,
                          "datasets": "+".join(d.split("/")[-1].removesuffix("-v0") for d in DATASETS[name]),
-                         "env_id": load_env_id(DATASETS[name]), "tokens": tokens, "context": "window",
+                         "env_id": load_env_id(DATASETS[name]), "tokens": FLAVOURS[flavour][0], "context": "window",
                          "protocol": "cpu", "updates": last.x, "score": last.score, "episodes": episodes,
                          "train_wall_s": training_seconds(log) if (log / "log.csv").exists() else np.nan,
                          "device": "cpu", "version": grid_version, "source": source})
@@ -294,9 +301,10 @@ def main():
                         out.with_name(out.name + ".claim").unlink(missing_ok=True)
                         continue
                 else:
-                    backbone, tokens = split_agent(agent)
+                    backbone, tokens, options = agent_spec(agent)
                     row = train_and_evaluate(ids, backbone, out, protocol=args.protocol, tokens=tokens,
-                                             seed=seed, episodes=args.episodes, device=args.device)
+                                             seed=seed, episodes=args.episodes, device=args.device,
+                                             model_options=options)
                     row["agent"] = agent
                     curves = our_curves(out, seed, args.episodes, args.device, row)
                 row.update(dataset=name, protocol=args.protocol, threads=args.threads, load_avg=os.getloadavg()[0],
@@ -456,7 +464,7 @@ def against_previous(frame: pd.DataFrame) -> list[str]:
 
 def pairs(frame: pd.DataFrame) -> list[str]:
     """Each recurrent agent paired with d3rlpy's DT, then with our transformer."""
-    return [line for b in ("d3rlpy-dt", "transformer") for a in RECURRENT
+    return [line for b in ("d3rlpy-dt", "transformer") for a in RECURRENT if a in set(frame.agent)
             for line in paired(frame, a, b)]
 
 

@@ -233,30 +233,36 @@ def test_adopted_ablation_variants_train_what_their_grid_agent_trains_in_the_ado
     spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
-    adopted_now = [(variant, tokens) for (variant, _), (version, tokens) in grid.ADOPTED.items()
+    adopted_now = [(variant, flavour) for (variant, _), (version, flavour) in grid.ADOPTED.items()
                    if version == grid.CODE_VERSION]
     assert adopted_now or grid.CODE_VERSION > max(version for version, _ in grid.ADOPTED.values())
-    for variant, tokens in adopted_now:
+    for variant, flavour in adopted_now:
         model_options, train_options = ablation.VARIANTS[variant]
-        assert grid.grid_agent("mingru", tokens) in grid.AGENTS
-        # the ablation trains tokens="compact" unless the variant says otherwise (recipe_ablation.main)
-        as_trained = ModelConfig(obs_dim=11, act_dim=3, **{"tokens": "compact", **model_options})
-        assert as_trained == ModelConfig(obs_dim=11, act_dim=3, tokens=tokens)
+        for backbone in ("mingru", "minlstm"):
+            agent = backbone + flavour
+            assert agent in grid.AGENTS
+            _, tokens, options = grid.agent_spec(agent)
+            # the ablation trains tokens="compact" unless the variant says otherwise (recipe_ablation.main)
+            as_trained = ModelConfig(obs_dim=11, act_dim=3, **{"tokens": "compact", **model_options})
+            assert as_trained == ModelConfig(obs_dim=11, act_dim=3, tokens=tokens, **options)
         cpu = grid.PROTOCOLS["cpu"]
         assert replace(cpu, **train_options) == cpu
 
 
-def test_agent_names_split_into_backbone_and_tokens_and_back(grid):
-    assert grid.split_agent("mingru") == ("mingru", "compact")
-    assert grid.split_agent("mingru-interleaved") == ("mingru", "interleaved")
+def test_agent_names_split_into_backbone_and_flavour_and_back(grid):
+    assert grid.split_agent("mingru") == ("mingru", "")
+    assert grid.agent_spec("mingru") == ("mingru", "compact", {})
+    assert grid.agent_spec("mingru-interleaved") == ("mingru", "interleaved", {})
+    assert grid.agent_spec("minlstm-return-ln") == ("minlstm", "compact", {"return_ln": True})
     for agent in grid.AGENTS[:-1]:  # all but d3rlpy's
-        assert grid.grid_agent(*grid.split_agent(agent)) == agent
+        assert "".join(grid.split_agent(agent)) == agent
+        assert grid.split_agent(agent)[0] in ("mingru", "minlstm", "lru", "transformer")
     assert grid.agent_context("mingru-interleaved") == grid.agent_context("mingru") == "window"
 
 
 def test_adopted_runs_become_grid_runs_of_the_adopting_version(grid, monkeypatch):
     monkeypatch.setattr(grid, "load_env_id", lambda ids: "Hopper-v5")
-    (variant, version), (grid_version, tokens) = next(iter(grid.ADOPTED.items()))
+    (variant, version), (grid_version, flavour) = list(grid.ADOPTED.items())[1]  # tokens-interleaved
     run = {"dataset": "hopper-medium", "agent": "mingru", "seed": 1}
     frame = pd.DataFrame([{**run, "variant": variant, "version": version, "kind": "curve", "x": x, "score": s}
                           for x, s in [(1000.0, 10.0), (3000.0, 30.0), (2000.0, 20.0)]]
@@ -268,8 +274,8 @@ def test_adopted_runs_become_grid_runs_of_the_adopting_version(grid, monkeypatch
                              "score": 98.0}])
     rows, curves = grid.adopted_runs(frame)
     assert len(rows) == 1 and rows[0]["score"] == 30.0 and rows[0]["updates"] == 3000.0
-    assert rows[0]["version"] == grid_version and rows[0]["context"] == "window" and rows[0]["tokens"] == tokens
-    assert rows[0]["agent"] == grid.grid_agent("mingru", tokens)
+    assert rows[0]["version"] == grid_version and rows[0]["context"] == "window"
+    assert rows[0]["tokens"] == "interleaved" and rows[0]["agent"] == "mingru-interleaved"
     assert sorted(c["score"] for c in curves) == [10.0, 20.0, 30.0, 30.0]
     assert {c["version"] for c in curves} == {grid_version}
 
