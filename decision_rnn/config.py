@@ -60,6 +60,11 @@ class ModelConfig:
     (d3rlpy's DT too); "gelu" is GPT-2's own."""
     return_scale: float = 1000.0
     """Returns-to-go are divided by this before embedding. DT: scale=1000 for MuJoCo."""
+    prev_action: bool = True
+    """Compact and split tokens add the previous action's embedding (ours; DT sees past actions as tokens).
+    False: the agent never sees an action, pi(a_t | R_<=t, s_<=t), and cannot lean on copying a_{t-1}
+    (the "copycat" shortcut of behaviour cloning from histories, Wen et al. 2020). Interleaved tokens need
+    their action tokens."""
     return_ln: bool = False
     """LayerNorm the return embedding on its own before it joins a token (ours). The embedding is linear in
     the return, so in a compact token a target far above the data's returns outweighs the state and action
@@ -161,6 +166,9 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
     """Check choices that would otherwise fail deep inside training."""
     if model.tokens not in TOKENIZATIONS:
         raise ValueError(f"tokens must be one of {TOKENIZATIONS}, got {model.tokens!r}")
+    if not model.prev_action and model.tokens == "interleaved":
+        raise ValueError("prev_action=False needs compact or split tokens: interleaved tokens are built from the "
+                         "actions (set tokens='compact' or prev_action=True)")
     if model.activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {model.activation!r}")
     if model.obs_dim < 1 or model.act_dim < 1:

@@ -98,6 +98,14 @@ class FusedStep:
         return tuple(torch.from_numpy(s.copy()) for s in state)
 
 
+def action_embedding(m: DecisionRNN, w, f64) -> list[torch.Tensor]:
+    """The previous action's embedding weight and bias; zeros (no contribution) when the model has none."""
+    if m.embed_action is None:
+        E, A = m.config.embed_dim, m.config.act_dim
+        return [w(torch.zeros(E, A, dtype=torch.float64)), torch.zeros(1, E, dtype=torch.float64)]
+    return [w(m.embed_action.weight), f64(m.embed_action.bias)[None]]
+
+
 # ---- weights: one flat buffer + a table of (offset, rows, cols), in the order the kernel reads them ----
 
 def _pack(model: DecisionRNN, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +119,7 @@ def _pack(model: DecisionRNN, transposed: bool) -> tuple[np.ndarray, np.ndarray]
     tensors = [f64(m.obs_mean)[None], (1.0 / f64(m.obs_std))[None], f64(m.embed_timestep.weight),
                f64(m.embed_return.weight).T, f64(m.embed_return.bias)[None],
                w(m.embed_state.weight), f64(m.embed_state.bias)[None],
-               w(m.embed_action.weight), f64(m.embed_action.bias)[None],
+               *action_embedding(m, w, f64),
                f64(m.embed_ln.weight)[None], f64(m.embed_ln.bias)[None]]
     for block in m.backbone.blocks:
         mixer = block.mixer

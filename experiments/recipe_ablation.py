@@ -70,6 +70,7 @@ VARIANTS = {
     "tokens-interleaved": ({"tokens": "interleaved"}, {}),
     "tokens-split": ({"tokens": "split"}, {}),
     "return-ln": ({"return_ln": True}, {}),
+    "no-prev-action": ({"prev_action": False}, {}),
     "gpt2-init": ({"block_init_std": 0.02, "timestep_init_std": 0.02}, {}),
     "relu": ({"activation": "relu"}, {}),
     "d3rlpy-model": ({"activation": "relu", "block_init_std": 0.02, "timestep_init_std": 0.02},

@@ -46,25 +46,44 @@ def test_step_loop_equals_parallel_forward(backbone, tokens, activation):
             prev = actions[:, t]  # teacher forcing: the logged action, as in the parallel forward
 
 
-@pytest.mark.parametrize("tokens", ["compact", "split", "interleaved"])
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_return_ln_bounds_the_return_part_and_step_still_equals_forward(backbone, tokens):
-    model = make_model(backbone, tokens, return_ln=True).double().eval()
+def test_return_ln_bounds_the_return_part_whatever_the_target():
+    model = make_model("mingru", "compact", return_ln=True).double().eval()
     with torch.no_grad():
         model.return_ln.weight.uniform_(0.5, 1.5)
         parts = model._return_emb(torch.tensor([0.0, 600.0, 3600.0, 1e6], dtype=torch.float64))
         E = model.config.embed_dim  # a normalized vector has norm sqrt(E)
         bound = model.return_ln.weight.abs().max() * E ** 0.5 + model.return_ln.bias.norm()
-        assert (parts.norm(dim=-1) <= bound + 1e-9).all()  # bounded whatever the target, unlike embed_return
-        assert model.embed_return(torch.tensor([[1e3]], dtype=torch.float64)).norm() > bound
-        T = model.config.context_len if backbone == "transformer" else 30
-        states, actions, rtg, timesteps = trajectory(2, T, torch.float64)
+        assert (parts.norm(dim=-1) <= bound + 1e-9).all()
+        assert model.embed_return(torch.tensor([[1e3]], dtype=torch.float64)).norm() > bound  # unbounded without
+
+
+@pytest.mark.parametrize(("tokens", "options"), [("compact", {"return_ln": True}), ("split", {"return_ln": True}),
+                                                 ("interleaved", {"return_ln": True}),
+                                                 ("compact", {"prev_action": False}), ("split", {"prev_action": False})])
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_token_options_keep_step_equal_to_parallel_forward(backbone, tokens, options):
+    model = make_model(backbone, tokens, **options).double().eval()
+    T = model.config.context_len if backbone == "transformer" else 30
+    states, actions, rtg, timesteps = trajectory(2, T, torch.float64)
+    with torch.no_grad():
         parallel, _ = model(states, actions, rtg, timesteps)
         state, prev = model.initial_state(2, dtype=torch.float64), torch.zeros(2, ACT, dtype=torch.float64)
         for t in range(T):
             step_action, state = model.step(states[:, t], prev, rtg[:, t], timesteps[:, t], state)
             torch.testing.assert_close(step_action, parallel[:, t], rtol=1e-9, atol=1e-9)
             prev = actions[:, t]
+
+
+def test_without_prev_action_the_agent_ignores_actions():
+    model = make_model("mingru", "compact", prev_action=False).eval()
+    assert model.embed_action is None
+    states, actions, rtg, timesteps = trajectory(2, 10)
+    with torch.no_grad():
+        a, _ = model(states, actions, rtg, timesteps)
+        b, _ = model(states, torch.rand_like(actions), rtg, timesteps, prev_actions=torch.rand_like(actions))
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="prev_action=False needs compact or split tokens"):
+        make_model("mingru", "interleaved", prev_action=False)
 
 
 @pytest.mark.parametrize("K", [1, 8])

@@ -11,11 +11,10 @@ from decision_rnn.fused import FusedStep
 RECURRENT = ["mingru", "minlstm", "lru"]
 
 
-def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0, activation="gelu", return_ln=False):
+def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0, activation="gelu", **options):
     torch.manual_seed(seed)
     model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, tokens=tokens, embed_dim=embed_dim,
-                                    n_layers=n_layers, max_timestep=50, activation=activation,
-                                    return_ln=return_ln)).eval()
+                                    n_layers=n_layers, max_timestep=50, activation=activation, **options)).eval()
     with torch.no_grad():  # move every parameter off its init, LayerNorms and biases included
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -23,13 +22,14 @@ def random_model(backbone, tokens, embed_dim=32, n_layers=2, seed=0, activation=
     return model
 
 
-@pytest.mark.parametrize(("tokens", "activation", "return_ln"),
-                         [("compact", "gelu", False), ("interleaved", "gelu", False), ("split", "gelu", False),
-                          ("compact", "relu", False), ("compact", "relu", True), ("split", "relu", True)])
+@pytest.mark.parametrize(("tokens", "activation", "options"),
+                         [("compact", "gelu", {}), ("interleaved", "gelu", {}), ("split", "gelu", {}),
+                          ("compact", "relu", {}), ("compact", "relu", {"return_ln": True}),
+                          ("split", "relu", {"return_ln": True}), ("compact", "relu", {"prev_action": False})])
 @pytest.mark.parametrize("backbone", RECURRENT)
 @pytest.mark.parametrize(("B", "blas_from"), [(1, 64), (6, 64), (6, 2)])  # the loop; (6, 2): BLAS (sgemm)
-def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens, activation, return_ln, B, blas_from):
-    model = random_model(backbone, tokens, activation=activation, return_ln=return_ln)
+def test_fused_step_equals_torch_step_over_a_long_rollout(backbone, tokens, activation, options, B, blas_from):
+    model = random_model(backbone, tokens, activation=activation, **options)
     fused = FusedStep(model)
     fused.blas_from = blas_from
     T = 300  # past max_timestep=50: the timestep clamp is exercised too

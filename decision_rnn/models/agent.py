@@ -16,6 +16,8 @@ Tokenisations (`ModelConfig.tokens`):
 - `split` (ours): two tokens per step, R_t and s_t + a_{t-1} (each plus time(t)): the return keeps a
   token of its own, as in DT, at two thirds of its sequence length; a_t is predicted from the output at
   the second token. Two backbone steps per env step.
+`ModelConfig.prev_action=False` leaves emb(a_{t-1}) out of compact and split tokens: the agent then sees
+no action at all, pi(a_t | R_<=t, s_<=t).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class DecisionRNN(nn.Module):
         self.embed_return = nn.Linear(1, E)
         self.return_ln = nn.LayerNorm(E) if config.return_ln else nn.Identity()
         self.embed_state = nn.Linear(config.obs_dim, E)
-        self.embed_action = nn.Linear(config.act_dim, E)
+        uses_actions = config.tokens == "interleaved" or config.prev_action
+        self.embed_action = nn.Linear(config.act_dim, E) if uses_actions else None
         self.embed_ln = nn.LayerNorm(E)
         self.embed_drop = nn.Dropout(config.dropout)
         options = {"dropout": config.dropout, "activation": config.activation, **config.backbone_options}
@@ -99,7 +102,7 @@ class DecisionRNN(nn.Module):
             prev = prev_actions
             if prev is None:
                 prev = torch.cat((torch.zeros_like(actions[:, :1]), actions[:, :-1]), dim=1)  # a_{-1} = 0
-            sa = s + self.embed_action(prev)
+            sa = s if self.embed_action is None else s + self.embed_action(prev)
             if self.config.tokens == "split":
                 tokens = (torch.stack((r, sa), dim=2) + time.unsqueeze(2)).reshape(B, 2 * T, -1)  # R_0 (s_0 a_-1) R_1..
             else:
@@ -152,7 +155,9 @@ class DecisionRNN(nn.Module):
             y, state = self.backbone.step(self._finish(self._state_emb(obs) + time), state)
         else:
             prev = torch.where((timestep == 0).unsqueeze(-1), torch.zeros_like(prev_action), prev_action)
-            sa = self._state_emb(obs) + self.embed_action(prev)
+            sa = self._state_emb(obs)
+            if self.embed_action is not None:
+                sa = sa + self.embed_action(prev)
             r = self._return_emb(returns_to_go)
             if self.config.tokens == "split":
                 _, state = self.backbone.step(self._finish(r + time), state)
