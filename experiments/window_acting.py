@@ -63,6 +63,12 @@ class WindowActor:
         return self.actions[-1]
 
 
+def tokens_label(config) -> str:
+    """The tokenization and the token options that differ from the defaults."""
+    extras = ["return_ln"] * config.return_ln + ["no prev_action"] * (not config.prev_action)
+    return ", ".join([config.tokens, *extras])
+
+
 def evaluate(run: Path, seed: int, episodes: int) -> list[dict]:
     policy = Policy.load(run)
     env_id, meta = policy.env_id, policy.meta
@@ -72,7 +78,7 @@ def evaluate(run: Path, seed: int, episodes: int) -> list[dict]:
     for acting, actor in (("state", policy), ("window", WindowActor(policy.model))):
         frame = rollout(actor, env_id, episodes, target, seed=eval_seed(seed), ref=ref)
         rows.append({"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run),
-                     "backbone": policy.model.config.backbone, "tokens": policy.model.config.tokens,
+                     "backbone": policy.model.config.backbone, "tokens": tokens_label(policy.model.config),
                      "seed": seed, "acting": acting, "target_return": target, "episodes": episodes,
                      "score": frame.normalized_score.mean(), "length": frame.length.mean()})
         print(f"{rows[-1]['run']}: {acting:6s} {rows[-1]['score']:6.1f} (mean length {rows[-1]['length']:.0f})")
