@@ -29,7 +29,7 @@ def float_or_none(text: str) -> float | str:
 # Config fields exposed as `train` flags (--embed-dim ...), with their argparse types.
 MODEL_FLAGS = {"backbone": str, "tokens": str, "embed_dim": int, "n_layers": int, "dropout": float,
                "context_len": int, "activation": str, "timestep_init_std": float_or_none,
-               "block_init_std": float_or_none}
+               "block_init_std": float_or_none, "prev_action": bool, "return_ln": bool}
 TRAIN_FLAGS = {"steps": int, "batch_size": int, "context": str, "window_align": str, "episode_batch_size": int,
                "episode_max_len": int, "lr": float, "weight_decay": float, "warmup_steps": int, "lr_decay": str,
                "ema_decay": float_or_none, "grad_clip": float, "seed": int, "device": str, "compile": bool,
@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     for name, kind in {**MODEL_FLAGS, **TRAIN_FLAGS}.items():
         flag = "--" + name.replace("_", "-")
-        if kind is bool:
-            t.add_argument(flag, action="store_true", default=None)
+        if kind is bool:  # --return-ln / --no-return-ln; unset: the config's value
+            t.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
             t.add_argument(flag, type=kind, default=None)
     t.set_defaults(func=cmd_train)

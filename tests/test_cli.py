@@ -56,6 +56,16 @@ def test_none_turns_an_optional_init_off_and_a_number_sets_it(tmp_path, capsys):
     assert model["block_init_std"] == 0.05 and model["timestep_init_std"] == 0.02 and model["activation"] == "relu"
 
 
+def test_token_switches_turn_on_and_off(tmp_path):
+    small = ["--embed-dim", "8", "--n-layers", "1", "--batch-size", "2", "--steps", "1", "--tokens", "compact"]
+    assert main(["train", "--out", str(tmp_path / "a"), "--return-ln", "--no-prev-action", *small]) == 0
+    model = json.loads((tmp_path / "a" / "config.json").read_text())["model"]
+    assert model["return_ln"] is True and model["prev_action"] is False
+    assert main(["train", "--out", str(tmp_path / "b"), *small]) == 0  # unset: the defaults
+    model = json.loads((tmp_path / "b" / "config.json").read_text())["model"]
+    assert model["return_ln"] is False and model["prev_action"] is True
+
+
 def test_none_is_kept_as_a_choice_where_it_is_one(tmp_path):
     small = ["--embed-dim", "8", "--n-layers", "1", "--batch-size", "2", "--steps", "1", "--tokens", "compact"]
     assert main(["train", "--out", str(tmp_path / "a"), "--lr-decay", "none", *small]) == 0
