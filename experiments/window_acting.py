@@ -87,27 +87,33 @@ def evaluate(run: Path, seed: int, episodes: int) -> list[dict]:
 
 def write_report(frame: pd.DataFrame, path: Path) -> None:
     table = frame.pivot_table(index=["run", "tokens", "seed"], columns="acting", values="score").reset_index()
-    table["window - state"] = table["window"] - table["state"]
+    gap = table["window - state"] = table["window"] - table["state"]
     path.with_suffix(".md").write_text(
         "# Acting from the carried state or from DT's window (CPU, last checkpoint, DT's target)\n\n"
         "`state`: the deployed O(1) policy; `window`: each action from the parallel forward over the last K steps "
         "from a zero state, as in training (experiments/window_acting.py). Same start states for both.\n\n"
-        + table.to_markdown(index=False, floatfmt=".1f") + "\n")
+        + table.to_markdown(index=False, floatfmt=".1f")
+        + f"\n\nwindow - state over {len(table)} runs: mean {gap.mean():+.1f}, within ±5 on {(gap.abs() <= 5).sum()}, "
+        f"window higher by more than 5 on {(gap > 5).sum()}, lower by more than 5 on {(gap < -5).sum()}.\n")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("runs", nargs="*", type=Path)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's training seed)")
+    p.add_argument("--report", action="store_true", help="only rewrite the markdown from the CSV")
     args = p.parse_args()
+    path = ROOT / "results" / "window_acting_cpu.csv"
+    if args.report:
+        write_report(pd.read_csv(path), path)
+        return
     torch.set_num_threads(1)
     rows = []
     for run in args.runs:
         run = run.resolve()
         seed = args.seed if args.seed is not None else Policy.load(run).meta["train_config"]["seed"]
         rows += evaluate(run, seed, args.episodes)
-    path = ROOT / "results" / "window_acting_cpu.csv"
     with locked(path):
         frame = pd.DataFrame(rows)
         if path.exists():
