@@ -8,7 +8,8 @@ The exported function is `DecisionRNN.step` with normalisation inside:
 
 A control loop starts from the `initial_state` values (zeros for every backbone here; the ONNX file
 stores their shapes as metadata), feeds returns_to_go = target - rewards so far, prev_action = the
-last action (ignored at timestep 0), and carries the state outputs back in. See
+last action (ignored at timestep 0; always, for a model built with `prev_action=False`, but still an
+input, so every exported file has the same interface), and carries the state outputs back in. See
 experiments/onnx_control_loop.py for a loop that needs only numpy and onnxruntime.
 """
 
@@ -38,6 +39,8 @@ class StepFunction(nn.Module):
 
     def forward(self, obs, prev_action, returns_to_go, timestep, *state):
         action, next_state = self.model.step(obs, prev_action, returns_to_go, timestep, tuple(state))
+        if self.model.embed_action is None:  # unused: the ONNX exporter would drop the input; keep it (x 0)
+            action = action + 0.0 * prev_action[:, :1]
         return (action, *next_state)
 
 

@@ -7,7 +7,7 @@ function over one flat float32 weight buffer, so the cost is mostly the matrix-v
 bounded by streaming the weights (2.8 MB at DT's size) from the cache.
 
 Same math as `DecisionRNN.step` in float32 (`fastmath` and BLAS only reorder sums: equal within ~1e-5, tested);
-minGRU, minLSTM and LRU, both tokenizations, any batch size. The transformer is not supported: its
+minGRU, minLSTM and LRU, every tokenization and token option, any batch size. The transformer is not supported: its
 step attends over a K-step window (use `runtime="onnxruntime"`). Needs numba and scipy (the `fast` extra).
 Compiled code is cached next to this file after the first use (a few seconds, once). The matrix
 products are compiled loops, BLAS calls (scipy's OpenBLAS through numba's `np.dot`) from batch

@@ -137,8 +137,9 @@ def as_every_version(grid: pd.DataFrame) -> pd.DataFrame:
     """Grid rows under their own code version, and once more under the current one where the grid counts
     them as current (`grid_versions`: later versions did not change that agent's training)."""
     own, now = versions(grid), grid_versions(grid)
-    return pd.concat([grid.assign(version=own), grid[now != own].assign(version=now[now != own])],
-                     ignore_index=True)
+    both = pd.concat([grid.assign(version=own), grid[now != own].assign(version=now[now != own])], ignore_index=True)
+    key = ["dataset", "agent", "seed", "context", "kind", "x", "version"]
+    return both.drop_duplicates(key, keep="first")  # a run of that version itself wins over a counted one
 
 
 def paired_differences(frame: pd.DataFrame, grid: pd.DataFrame, over: str = "curve") -> pd.Series:

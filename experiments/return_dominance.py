@@ -40,8 +40,9 @@ def measure(run: Path, rows: int = 2000) -> list[dict]:
     data = load_dataset(policy.meta["datasets"])
     i = np.random.default_rng(0).choice(data.num_steps, min(rows, data.num_steps), replace=False)
     prev = np.where((data.timesteps[i] > 0)[:, None], data.actions[np.maximum(i - 1, 0)], 0.0)
-    rest = (model._state_emb(torch.from_numpy(data.observations[i])) + model.embed_action(torch.from_numpy(prev))
-            + model._time(torch.from_numpy(data.timesteps[i])))
+    rest = model._state_emb(torch.from_numpy(data.observations[i])) + model._time(torch.from_numpy(data.timesteps[i]))
+    if model.embed_action is not None:  # prev_action=False: no action part
+        rest = rest + model.embed_action(torch.from_numpy(prev))
     target = default_target_return(policy.env_id)
     returns = {"data median": float(np.median(data.returns_to_go)),
                "data 99th pct": float(np.percentile(data.returns_to_go, 99)),

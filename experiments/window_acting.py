@@ -8,7 +8,8 @@ training sequence reached. This evaluates each run's last checkpoint twice on th
 - `state`: the agent as deployed (`Policy`, O(1) per step): the grid's own score when `--seed` is the
   run's seed;
 - `window`: each action from the parallel forward over the last K steps from a zero state, with the true
-  a_{t-1} before the window: exactly what a training window shows (O(K) per step).
+  a_{t-1} before the window: exactly what a training window shows in `window` context, the grid's
+  (O(K) per step).
 `window` far above `state` says the carried state drifts where training never took it; level says the
 policy itself is what fails. Writes results/window_acting_cpu.{csv,md} (rows of other runs are kept).
 """

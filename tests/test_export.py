@@ -13,15 +13,19 @@ BACKBONES = ["mingru", "minlstm", "lru", "transformer"]
 
 @pytest.mark.parametrize(("backbone", "activation", "tokens"),
                          [(b, "gelu", "interleaved") for b in BACKBONES]
-                         + [("mingru", "relu", "interleaved"), ("mingru", "gelu", "split"), ("transformer", "gelu", "split")])
+                         + [("mingru", "relu", "interleaved"), ("mingru", "gelu", "split"), ("transformer", "gelu", "split"),
+                            ("mingru", "relu", "compact+return_ln"), ("minlstm", "relu", "compact+no_prev_action")])
 def test_exports_match_pytorch_step_by_step(backbone, activation, tokens, tmp_path):
     torch.manual_seed(0)
+    tokens, _, option = tokens.partition("+")
+    options = {"return_ln": {"return_ln": True}, "no_prev_action": {"prev_action": False}, "": {}}[option]
     model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, embed_dim=16, n_layers=2,
-                                    context_len=5, activation=activation, tokens=tokens)).eval()
+                                    context_len=5, activation=activation, tokens=tokens, **options)).eval()
     onnx_path = export_onnx(model, tmp_path / "policy.onnx")
     ts = torch.jit.load(str(export_torchscript(model, tmp_path / "policy.pt")))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inputs, _ = io_names(model)
+    assert [i.name for i in session.get_inputs()] == inputs  # one interface, whatever the model uses
     B = 3
     state = model.initial_state(B)
     ort_state = [s.numpy() for s in state]

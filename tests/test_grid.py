@@ -306,4 +306,15 @@ def test_window_actor_acts_as_a_training_window_and_as_the_policy_within_k_steps
         gaps.append(np.abs(a - b).max())
         reward = rng.uniform(0, 5, 3).astype(np.float32)
     assert max(gaps[:5]) < 1e-6, gaps
+    # the transformer acts over DT's window anyway: the two agree past K too, the window's slide included
+    transformer = DecisionRNN(ModelConfig(obs_dim=4, act_dim=2, backbone="transformer", tokens=tokens,
+                                          embed_dim=16, n_layers=2, context_len=5, dropout=0.0)).eval()
+    policy, window = Policy(transformer), module.WindowActor(transformer)
+    policy.reset(300.0, batch_size=3)
+    window.reset(300.0, batch_size=3)
+    reward = None
+    for _ in range(12):
+        obs = rng.standard_normal((3, 4)).astype(np.float32)
+        np.testing.assert_allclose(policy.act(obs, reward), window.act(obs, reward), atol=1e-5)
+        reward = rng.uniform(0, 5, 3).astype(np.float32)
     assert min(gaps[5:]) > 1e-4, gaps  # >= 2.4e-4 here, against <= 2e-7 within K

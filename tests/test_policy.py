@@ -10,10 +10,10 @@ from decision_rnn.evaluation import rollout
 BACKBONES = ["mingru", "minlstm", "lru", "transformer"]
 
 
-def make_policy(dataset, backbone="mingru", tokens="interleaved", runtime="torch"):
+def make_policy(dataset, backbone="mingru", tokens="interleaved", runtime="torch", **options):
     torch.manual_seed(0)
     model = DecisionRNN(ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone=backbone,
-                                    tokens=tokens, embed_dim=16, n_layers=2, context_len=10))
+                                    tokens=tokens, embed_dim=16, n_layers=2, context_len=10, **options))
     model.set_normalization(dataset.obs_mean, dataset.obs_std)
     return Policy(model, meta={"env_id": dataset.env_id}, runtime=runtime)
 
@@ -21,8 +21,8 @@ def make_policy(dataset, backbone="mingru", tokens="interleaved", runtime="torch
 @pytest.mark.parametrize(("backbone", "runtime"), [(b, r) for b in BACKBONES for r in ("torch", "onnxruntime", "fused")
                                                   if not (b == "transformer" and r == "fused")])
 @pytest.mark.parametrize("tokens", ["interleaved", "compact", "split"])
-def test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, backbone, tokens, runtime):
-    policy = make_policy(embedded, backbone, tokens, runtime)
+def test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, backbone, tokens, runtime, options=None):
+    policy = make_policy(embedded, backbone, tokens, runtime, **(options or {}))
     start, end = embedded.offsets[0], embedded.offsets[1]
     T = policy.model.config.context_len if backbone == "transformer" else min(end - start, 200)
     obs = embedded.observations[start:start + T]
@@ -38,6 +38,12 @@ def test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, backbone,
         parallel, _ = policy.model(torch.as_tensor(obs)[None], torch.as_tensor(acted)[None],
                                    torch.as_tensor(rtg, dtype=torch.float32)[None], torch.arange(T)[None])
     np.testing.assert_allclose(acted, parallel[0].numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "fused"])
+@pytest.mark.parametrize("options", [{"return_ln": True}, {"prev_action": False}])
+def test_act_with_token_options_reproduces_parallel_forward(embedded, runtime, options):
+    test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, "minlstm", "compact", runtime, options)
 
 
 def test_batched_act_matches_single(embedded):

@@ -57,8 +57,8 @@ class Transformer(Backbone):
     def __init__(self, dim: int, n_layers: int, *, n_heads: int = 1, context: int = 20,
                  mlp_expansion: int = 4, dropout: float = 0.0, activation: str = "relu"):
         """`n_heads`: attention heads (DT gym: 1). `context`: past inputs the window holds; a step attends
-        over them and its own input (the agent passes DT's window less one: K - 1 steps, or 3K - 2 tokens
-        interleaved). `mlp_expansion`: MLP width / dim
+        over them and its own input (the agent passes DT's window less one: K - 1 steps compact, 2K - 1
+        tokens split, 3K - 2 interleaved). `mlp_expansion`: MLP width / dim
         (GPT-2: 4). `dropout`: on attention weights and residual branches (DT: 0.1; default 0 here).
         `activation`: the MLP's, "gelu" (GPT-2) or "relu" (DT's gym code)."""
         super().__init__(dim, n_layers, lambda: CausalSelfAttention(dim, n_heads, dropout),
