@@ -70,8 +70,8 @@ class ModelConfig:
     the return, so in a compact token a target far above the data's returns outweighs the state and action
     parts, which the token's LayerNorm then scales down: at DT's Hopper target 3600 a compact transformer
     trained on hopper-mixed kept a cosine of 0.27 between its normalized token and the state-action part
-    (0.76 at the data's median return-to-go, 499; experiments/return_dominance.py). Normalized alone, the return part has a
-    bounded norm whatever the target."""
+    (0.76 at the data's median return-to-go, 499; experiments/return_dominance.py). Normalized alone, the
+    return part has a bounded norm whatever the target."""
     backbone_options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword options for `decision_rnn.backbones.build` (expansion, n_heads, state_dim, ...)."""
 

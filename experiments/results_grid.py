@@ -51,9 +51,10 @@ AGENTS = ["mingru", "minlstm", "lru", "transformer", "mingru-interleaved", "ming
           "d3rlpy-dt"]
 """Our agents are a backbone and a flavour (`FLAVOURS`); d3rlpy-dt: d3rlpy's DecisionTransformer."""
 FLAVOURS = {"": ("compact", {}), "-interleaved": ("interleaved", {}), "-return-ln": ("compact", {"return_ln": True})}
-"""Agent-name suffix -> (tokens, ModelConfig options). "" (no suffix): compact tokens. `-interleaved`: DT's (return, state,
-action) tokens (recipe_ablation.py's `tokens-interleaved` fixed minGRU's hopper-mixed cells, at ~2x the training
-time). `-return-ln`: compact tokens with the return embedding LayerNormed alone (`return-ln` there)."""
+"""Agent-name suffix -> (tokens, ModelConfig options). "" (no suffix): compact tokens. `-interleaved`: DT's
+(return, state, action) tokens (recipe_ablation.py's `tokens-interleaved` fixed minGRU's hopper-mixed cells,
+at ~2x the training time). `-return-ln`: compact tokens with the return embedding LayerNormed alone
+(`return-ln` there)."""
 CORE = ["mingru", "minlstm", "lru", "d3rlpy-dt"]
 """The agents the goal check needs on a dataset; the others (our transformer among them) join it once they
 have every dataset it judges."""

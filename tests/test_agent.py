@@ -57,9 +57,10 @@ def test_return_ln_bounds_the_return_part_whatever_the_target():
         assert model.embed_return(torch.tensor([[1e3]], dtype=torch.float64)).norm() > bound  # unbounded without
 
 
-@pytest.mark.parametrize(("tokens", "options"), [("compact", {"return_ln": True}), ("split", {"return_ln": True}),
-                                                 ("interleaved", {"return_ln": True}),
-                                                 ("compact", {"prev_action": False}), ("split", {"prev_action": False})])
+@pytest.mark.parametrize(("tokens", "options"),
+                         [("compact", {"return_ln": True}), ("split", {"return_ln": True}),
+                          ("interleaved", {"return_ln": True}), ("compact", {"prev_action": False}),
+                          ("split", {"prev_action": False})])
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_token_options_keep_step_equal_to_parallel_forward(backbone, tokens, options):
     model = make_model(backbone, tokens, **options).double().eval()

@@ -13,8 +13,9 @@ BACKBONES = ["mingru", "minlstm", "lru", "transformer"]
 
 @pytest.mark.parametrize(("backbone", "activation", "tokens"),
                          [(b, "gelu", "interleaved") for b in BACKBONES]
-                         + [("mingru", "relu", "interleaved"), ("mingru", "gelu", "split"), ("transformer", "gelu", "split"),
-                            ("mingru", "relu", "compact+return_ln"), ("minlstm", "relu", "compact+no_prev_action")])
+                         + [("mingru", "relu", "interleaved"), ("mingru", "gelu", "split"),
+                            ("transformer", "gelu", "split"), ("mingru", "relu", "compact+return_ln"),
+                            ("minlstm", "relu", "compact+no_prev_action")])
 def test_exports_match_pytorch_step_by_step(backbone, activation, tokens, tmp_path):
     torch.manual_seed(0)
     tokens, _, option = tokens.partition("+")
