@@ -7,7 +7,8 @@ each run's last checkpoint, on 2,000 logged steps of its training data, this rep
 return part at several returns-to-go, the norm of the rest (state, previous action, time), and the
 cosine between the normalized token and the normalized rest: 1 when the return barely moves the token,
 near 0 when the token is mostly the return (what the backbone then sees of the state is scaled down
-accordingly). The returns: the data's median and 99th-percentile return-to-go, and 0.5, 1 and 1.25x DT's
+accordingly); and the cosine between the return part and the one at DT's target (near 1: the agent can
+hardly tell that return from the target). The returns: the data's median and 99th-percentile return-to-go, and 0.5, 1 and 1.25x DT's
 target. `ModelConfig.return_ln` bounds the return part. Writes results/return_dominance_cpu.md.
 """
 
@@ -47,14 +48,16 @@ def measure(run: Path, rows: int = 2000) -> list[dict]:
     returns = {"data median": float(np.median(data.returns_to_go)),
                "data 99th pct": float(np.percentile(data.returns_to_go, 99)),
                "0.5x target": 0.5 * target, "target": target, "1.25x target": 1.25 * target}
+    at_target = model._return_emb(torch.tensor([target]))
     out = []
     for label, R in returns.items():
         r = model._return_emb(torch.full((len(i),), R))
         cos = torch.nn.functional.cosine_similarity(normalized(r + rest), normalized(rest), dim=-1)
+        like_target = torch.nn.functional.cosine_similarity(r[:1], at_target, dim=-1)
         out.append({"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run),
                     "backbone": model.config.backbone, "return_ln": model.config.return_ln, "returns": label,
                     "R": R, "|return part|": r.norm(dim=-1).mean().item(), "|rest|": rest.norm(dim=-1).mean().item(),
-                    "cos(token, rest)": cos.mean().item()})
+                    "cos(token, rest)": cos.mean().item(), "cos(return part, at target)": like_target.item()})
     return out
 
 
@@ -65,7 +68,8 @@ def main():
     frame = pd.DataFrame([r for run in args.runs for r in measure(run.resolve())])
     text = ("# The return's share of a compact token (last checkpoint, 2,000 logged steps of its data)\n\n"
             "`cos(token, rest)`: cosine between the normalized token and its normalized state + previous action "
-            "+ time part (1: the return barely moves the token). experiments/return_dominance.py\n\n"
+            "+ time part (1: the return barely moves the token); `cos(return part, at target)`: between the return "
+            "part and the one at DT's target. experiments/return_dominance.py\n\n"
             + frame.to_markdown(index=False, floatfmt=".2f") + "\n")
     (ROOT / "results" / "return_dominance_cpu.md").write_text(text)
     print(text)
