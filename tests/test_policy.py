@@ -21,29 +21,32 @@ def make_policy(dataset, backbone="mingru", tokens="interleaved", runtime="torch
 @pytest.mark.parametrize(("backbone", "runtime"), [(b, r) for b in BACKBONES for r in ("torch", "onnxruntime", "fused")
                                                   if not (b == "transformer" and r == "fused")])
 @pytest.mark.parametrize("tokens", ["interleaved", "compact", "split"])
-def test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, backbone, tokens, runtime, options=None):
-    policy = make_policy(embedded, backbone, tokens, runtime, **(options or {}))
-    start, end = embedded.offsets[0], embedded.offsets[1]
-    T = policy.model.config.context_len if backbone == "transformer" else min(end - start, 200)
-    obs = embedded.observations[start:start + T]
-    rewards = embedded.rewards[start:start + T]
-    target = 3000.0
-    policy.reset(target)
-    acted = []
-    for t in range(T):
-        acted.append(policy.act(obs[t], None if t == 0 else rewards[t - 1]))
-    acted = np.stack(acted)
-    rtg = target - np.concatenate([[0.0], np.cumsum(rewards[:-1])])
-    with torch.no_grad():
-        parallel, _ = policy.model(torch.as_tensor(obs)[None], torch.as_tensor(acted)[None],
-                                   torch.as_tensor(rtg, dtype=torch.float32)[None], torch.arange(T)[None])
-    np.testing.assert_allclose(acted, parallel[0].numpy(), atol=1e-4, rtol=1e-4)
+def test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, backbone, tokens, runtime):
+    assert_act_reproduces_parallel_forward(embedded, make_policy(embedded, backbone, tokens, runtime))
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "fused"])
 @pytest.mark.parametrize("options", [{"return_ln": True}, {"prev_action": False}])
 def test_act_with_token_options_reproduces_parallel_forward(embedded, runtime, options):
-    test_act_reproduces_parallel_forward_on_a_logged_episode(embedded, "minlstm", "compact", runtime, options)
+    assert_act_reproduces_parallel_forward(embedded, make_policy(embedded, "minlstm", "compact", runtime, **options))
+
+
+def assert_act_reproduces_parallel_forward(embedded, policy):
+    """Act through the first logged episode (its observations and rewards), then run the model's parallel
+    forward on what was acted: the actions must agree (within K steps for the transformer)."""
+    start, end = embedded.offsets[0], embedded.offsets[1]
+    K = policy.model.config.context_len
+    T = K if policy.model.config.backbone == "transformer" else min(end - start, 200)
+    obs = embedded.observations[start:start + T]
+    rewards = embedded.rewards[start:start + T]
+    target = 3000.0
+    policy.reset(target)
+    acted = np.stack([policy.act(obs[t], None if t == 0 else rewards[t - 1]) for t in range(T)])
+    rtg = target - np.concatenate([[0.0], np.cumsum(rewards[:-1])])
+    with torch.no_grad():
+        parallel, _ = policy.model(torch.as_tensor(obs)[None], torch.as_tensor(acted)[None],
+                                   torch.as_tensor(rtg, dtype=torch.float32)[None], torch.arange(T)[None])
+    np.testing.assert_allclose(acted, parallel[0].numpy(), atol=1e-4, rtol=1e-4)
 
 
 def test_batched_act_matches_single(embedded):
