@@ -9,7 +9,8 @@ cosine between the normalized token and the normalized rest: 1 when the return b
 near 0 when the token is mostly the return (what the backbone then sees of the state is scaled down
 accordingly); and the cosine between the return part and the one at DT's target (near 1: the agent can
 hardly tell that return from the target). The returns: the data's median and 99th-percentile
-return-to-go, and 0.5, 1 and 1.25x DT's target. `ModelConfig.return_ln` bounds the return part. Writes results/return_dominance_cpu.md.
+return-to-go, and 0.5, 1 and 1.25x DT's target. `ModelConfig.return_ln` bounds the return part.
+Writes results/return_dominance_cpu.md.
 """
 
 from __future__ import annotations
