@@ -123,7 +123,8 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_run, format_summary
 
     summary = evaluate_run(run, episodes=args.episodes, target_returns=args.target_return,
-                           seeds=args.seed or [0], device=args.device, runtime=args.runtime)
+                           seeds=args.seed or [0], device=args.device, runtime=args.runtime,
+                           weights=args.weights)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -152,6 +153,9 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=list(RUNTIMES), default="torch",
                    help="what runs the policy network (onnxruntime, fused: CPU only; fused: recurrent backbones, "
                         "fastest at small batch)")
+    p.add_argument("--weights", choices=["float32", "float16"], default="float32",
+                   help="fused runtime only: float16 rounds the weight matrices (faster at batch 1, actions change "
+                        "by the rounding)")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of a table")
     p.add_argument("--quickstart-steps", type=int, default=1500, help=argparse.SUPPRESS)
     p.add_argument("--quickstart-out", default="runs/quickstart", help=argparse.SUPPRESS)

@@ -13,6 +13,12 @@ Compiled code is cached next to this file after the first use (a few seconds, on
 products are compiled loops, BLAS calls (scipy's OpenBLAS through numba's `np.dot`) from batch
 `FusedStep.blas_from`; everything between them is compiled loops.
 
+`weights="float16"`: the matrices are rounded to float16 and the loop reads them as float16 (widened to float32 in
+registers; all arithmetic stays float32). At batch 1 the step is bound by streaming its matrices from the cache,
+so half the bytes is a faster step (results/bench_latency_cpu.md); the actions then differ from the float32 model's
+by the rounding (a few 1e-3 at DT's size; experiments/half_weights.py measures scores and action differences on
+trained runs). Equal within ~1e-5 to the float32 step of the model with its matrices so rounded (tested).
+
 State: one float32 array (n, B, H) holding the backbone's state tensors in `DecisionRNN.initial_state`
 order; `FusedStep.to_torch_state` gives them back as that tuple.
 """
@@ -24,7 +30,9 @@ import torch
 
 try:
     import scipy  # noqa: F401  (numba's np.dot calls scipy's BLAS)
-    from numba import njit
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic, overload
 except ImportError as e:
     raise ImportError("runtime='fused' needs numba and scipy: pip install 'decision-rnn[fast]' "
                       "(or: pip install numba scipy)") from e
@@ -33,6 +41,8 @@ from .models import DecisionRNN
 
 KINDS = {"mingru": 0, "minlstm": 1, "lru": 2}
 TOKENS = {"compact": 0, "interleaved": 1, "split": 2}
+WEIGHTS = ("float32", "float16")
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 # error_model="numpy": a float division by zero gives inf (none can occur here) instead of raising, so the
 # compiler drops the zero checks and vectorizes loops that divide (GELU's erf, sigmoids, layer norms).
 JIT = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
@@ -48,8 +58,10 @@ class FusedStep:
     took 1.2x and 1.3x BLAS's time at 64 and 100 (sgemm's fixed cost per call, packing the weights each
     time, only pays off for many rows)."""
 
-    def __init__(self, model: DecisionRNN):
+    def __init__(self, model: DecisionRNN, weights: str = "float32"):
         kind = model.config.backbone
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
         if kind not in KINDS:
             raise ValueError(f"runtime='fused' supports the recurrent backbones {sorted(KINDS)}, not {kind!r} "
                              f"(its step attends over a K-step window); use runtime='onnxruntime'")
@@ -60,8 +72,18 @@ class FusedStep:
         self.n_layers = len(model.backbone.blocks)
         shapes = model.backbone.state_shapes(1)
         self.n_state, self.width = len(shapes), shapes[0][1]
+        self.weights = weights
         # Two layouts of the same weights: (out, in) for the loop, (in, out) for BLAS from `blas_from` rows.
-        self.packed = {blas: _pack(model, transposed=blas) for blas in (False, True)}
+        # Each: (float32 buffer, the buffer the matrices are read from, table). BLAS has no float16 product,
+        # so with float16 weights it reads the float32 buffer, whose matrices hold the same rounded values.
+        half = weights == "float16"
+        self.packed = {}
+        for blas in (False, True):
+            params, table, matrix = _pack(model, transposed=blas, half=half)
+            mats = params
+            if half and not blas:
+                mats = np.where(matrix, params, 0).astype(np.float16).view(np.uint16)
+            self.packed[blas] = (params, mats, table)
         self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1, c.activation == "relu", c.return_ln],
                                 np.float64)
 
@@ -70,9 +92,9 @@ class FusedStep:
 
     def __call__(self, obs, prev_action, returns_to_go, timestep, state):
         """(B, obs), (B, act), (B,), (B,) int, (n, B, H) -> ((B, act), (n, B, H)); the state is updated in place."""
-        blas, params, table = self._weights(obs.shape[0])
+        blas, params, mats, table = self._weights(obs.shape[0])
         action = np.empty((obs.shape[0], self.act_dim), np.float32)
-        step(params, table, blas, self.kind, self.n_layers, self.tokens, self.scalars,
+        step(params, mats, table, blas, self.kind, self.n_layers, self.tokens, self.scalars,
              np.ascontiguousarray(obs, np.float32), np.ascontiguousarray(prev_action, np.float32),
              returns_to_go, np.ascontiguousarray(timestep, np.int64), state, action)
         return action, state
@@ -84,12 +106,12 @@ class FusedStep:
         action, advance the timestep. `prev_action`, `returns_to_go`, `timestep` and `state` are updated
         in place. Takes arrays as `Policy` keeps them (contiguous; float32, timestep int64). Returns the
         action, or None when obs holds NaN or inf (then nothing was changed)."""
-        blas, params, table = self._weights(obs.shape[0])
-        action = policy_step(params, table, blas, self.kind, self.n_layers, self.tokens,
+        blas, params, mats, table = self._weights(obs.shape[0])
+        action = policy_step(params, mats, table, blas, self.kind, self.n_layers, self.tokens,
                              self.scalars, obs, reward, prev_action, returns_to_go, timestep, state)
         return action if action.shape[0] else None
 
-    def _weights(self, batch: int) -> tuple[bool, np.ndarray, np.ndarray]:
+    def _weights(self, batch: int) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
         """Whether a batch this size takes BLAS, and the weight layout for it."""
         blas = batch >= self.blas_from
         return (blas, *self.packed[blas])
@@ -108,12 +130,23 @@ def action_embedding(m: DecisionRNN, w, f64) -> list[torch.Tensor]:
 
 # ---- weights: one flat buffer + a table of (offset, rows, cols), in the order the kernel reads them ----
 
-def _pack(model: DecisionRNN, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
+def _pack(model: DecisionRNN, transposed: bool, half: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(float32 buffer, table, mask of the buffer's entries that belong to matrix-vector products' matrices)."""
+    matrices = set()
+
     def f64(t):  # derived weights (1 / std, LRU's gamma * B) are computed in float64
         return t.detach().cpu().double()
 
-    def w(t):  # a linear map's (out, in) weight; (in, out) for BLAS
-        return f64(t).T if transposed else f64(t)
+    def w(t):  # a linear map's (out, in) weight; (in, out) for BLAS; rounded to float16 with `half`
+        t = f64(t).T if transposed else f64(t)
+        if half:
+            big = t.abs().max().item()
+            if not big <= FLOAT16_MAX:
+                raise ValueError(f"a weight matrix holds {big:.3g}, beyond float16's range (±{FLOAT16_MAX:.0f}); "
+                                 f"use weights='float32'")
+            t = t.half().double()
+        matrices.add(id(t))
+        return t
 
     m = model
     tensors = [f64(m.obs_mean)[None], (1.0 / f64(m.obs_std))[None], f64(m.embed_timestep.weight),
@@ -146,7 +179,35 @@ def _pack(model: DecisionRNN, transposed: bool) -> tuple[np.ndarray, np.ndarray]
         table.append((offset, t.shape[0], t.shape[1]))
         offset += t.numel()
     params = np.concatenate([t.reshape(-1).numpy() for t in tensors]).astype(np.float32)
-    return params, np.array(table, np.int64)
+    matrix = np.concatenate([np.full(t.numel(), id(t) in matrices) for t in tensors])
+    return params, np.array(table, np.int64), matrix
+
+
+@intrinsic
+def as_float32(typingctx, x):
+    """A weight as float32: a float32 itself, float16 bits (uint16) widened (F16C's vcvtph2ps, 8 per instruction,
+    where the CPU has it)."""
+    if x == types.float32:
+        return types.float32(x), lambda context, builder, sig, args: args[0]
+    if x == types.uint16:
+        def widen(context, builder, sig, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return types.float32(x), widen
+    return None
+
+
+def sgemm(x, W, out):
+    """out = x @ W by BLAS; float32 W only (float16 weights keep a float32 copy for BLAS)."""
+
+
+@overload(sgemm, jit_options=JIT)
+def _sgemm(x, W, out):
+    if W.dtype == types.float32:
+        return lambda x, W, out: np.dot(x, W, out)
+
+    def refuse(x, W, out):
+        raise TypeError("BLAS needs float32 weights")
+    return refuse
 
 
 @njit(**JIT)
@@ -163,7 +224,7 @@ def vec(P, L, k):
 
 @njit(**JIT)
 def linear(W, bias, x, out, blas):
-    """out (B, O) = x (B, I) @ W.T + bias, W (O, I); with `blas`, x @ W + bias, W (I, O).
+    """out (B, O) = x (B, I) @ W.T + bias, W (O, I) float32 or float16 bits; with `blas`, x @ W + bias, W (I, O).
 
     The loop: vectorized dot products over W's rows, eight rows per pass so that each load of x serves
     eight rows and eight sums are in flight (faster here than one, four or sixteen rows per pass and
@@ -171,7 +232,7 @@ def linear(W, bias, x, out, blas):
     eight rows stay in L1 for every batch row. `blas`: one sgemm (scipy's OpenBLAS
     through numba), for large batches (`FusedStep.blas_from`)."""
     if blas:
-        np.dot(x, W, out)
+        sgemm(x, W, out)
         for b in range(out.shape[0]):
             for i in range(out.shape[1]):
                 out[b, i] += bias[i]
@@ -183,14 +244,14 @@ def linear(W, bias, x, out, blas):
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
             for j in range(n):
                 xj = x[b, j]
-                a0 += W[i, j] * xj
-                a1 += W[i + 1, j] * xj
-                a2 += W[i + 2, j] * xj
-                a3 += W[i + 3, j] * xj
-                a4 += W[i + 4, j] * xj
-                a5 += W[i + 5, j] * xj
-                a6 += W[i + 6, j] * xj
-                a7 += W[i + 7, j] * xj
+                a0 += as_float32(W[i, j]) * xj
+                a1 += as_float32(W[i + 1, j]) * xj
+                a2 += as_float32(W[i + 2, j]) * xj
+                a3 += as_float32(W[i + 3, j]) * xj
+                a4 += as_float32(W[i + 4, j]) * xj
+                a5 += as_float32(W[i + 5, j]) * xj
+                a6 += as_float32(W[i + 6, j]) * xj
+                a7 += as_float32(W[i + 7, j]) * xj
             out[b, i], out[b, i + 1], out[b, i + 2], out[b, i + 3] = (
                 a0 + bias[i], a1 + bias[i + 1], a2 + bias[i + 2], a3 + bias[i + 3])
             out[b, i + 4], out[b, i + 5], out[b, i + 6], out[b, i + 7] = (
@@ -199,7 +260,7 @@ def linear(W, bias, x, out, blas):
         for i in range(blocked, rows):
             acc = np.float32(0.0)
             for j in range(n):
-                acc += W[i, j] * x[b, j]
+                acc += as_float32(W[i, j]) * x[b, j]
             out[b, i] = acc + bias[i]
 
 
@@ -287,15 +348,16 @@ def sigmoid_pair(x, exp_neg_abs):
 
 
 @njit(**JIT)
-def backbone_step(P, L, blas, kind, n_layers, relu, x, S, write, y):
-    """One backbone step on tokens x (B, E) from state S; S[.., b] is updated only where write[b]."""
+def backbone_step(P, M, L, blas, kind, n_layers, relu, x, S, write, y):
+    """One backbone step on tokens x (B, E) from state S; S[.., b] is updated only where write[b]. P: the float32
+    buffer; M: the one its matrices are read from (P, or P's matrices as float16 bits)."""
     B, E = x.shape
     k = 11
     h = np.empty_like(x)
     for layer in range(n_layers):
         layer_norm(x, vec(P, L, k), vec(P, L, k + 1), h)
         if kind <= 1:  # minGRU / minLSTM: h_t = a * h_{t-1} + b
-            W_in = mat(P, L, k + 2)
+            W_in = mat(M, L, k + 2)
             H = S.shape[2]
             proj = np.empty((B, W_in.shape[1 if blas else 0]), np.float32)
             linear(W_in, vec(P, L, k + 3), h, proj, blas)
@@ -331,12 +393,12 @@ def backbone_step(P, L, blas, kind, n_layers, relu, x, S, write, y):
                     if write[b]:
                         S[layer, b, j] = new
             mix = np.empty((B, E), np.float32)
-            linear(mat(P, L, k + 4), vec(P, L, k + 5), hid, mix, blas)
+            linear(mat(M, L, k + 4), vec(P, L, k + 5), hid, mix, blas)
         else:  # LRU: h = lambda * h + gamma B x (complex), y = Re(C h) + D x
             lam = vec(P, L, k + 2)
             N = lam.shape[0] // 2
             u = np.empty((B, 2 * N), np.float32)
-            linear(mat(P, L, k + 3), np.zeros(2 * N, np.float32), h, u, blas)
+            linear(mat(M, L, k + 3), np.zeros(2 * N, np.float32), h, u, blas)
             hid = np.empty((B, 2 * N), np.float32)
             for b in range(B):
                 for j in range(N):
@@ -348,18 +410,18 @@ def backbone_step(P, L, blas, kind, n_layers, relu, x, S, write, y):
                         S[2 * layer, b, j], S[2 * layer + 1, b, j] = new_re, new_im
             D = vec(P, L, k + 5)
             mix = np.empty((B, E), np.float32)
-            linear(mat(P, L, k + 4), np.zeros(E, np.float32), hid, mix, blas)
+            linear(mat(M, L, k + 4), np.zeros(E, np.float32), hid, mix, blas)
             for b in range(B):
                 for j in range(E):
                     mix[b, j] += D[j] * h[b, j]
         x = x + mix
         layer_norm(x, vec(P, L, k + 6), vec(P, L, k + 7), h)
-        W_fc = mat(P, L, k + 8)
+        W_fc = mat(M, L, k + 8)
         inner = np.empty((B, W_fc.shape[1 if blas else 0]), np.float32)
         linear(W_fc, vec(P, L, k + 9), h, inner, blas)
         activate(inner.reshape(-1), relu)
         out = np.empty((B, E), np.float32)
-        linear(mat(P, L, k + 10), vec(P, L, k + 11), inner, out, blas)
+        linear(mat(M, L, k + 10), vec(P, L, k + 11), inner, out, blas)
         x = x + out
         k += 12
     layer_norm(x, vec(P, L, k), vec(P, L, k + 1), y)
@@ -374,7 +436,7 @@ def embed_finish(P, L, token):
 
 
 @njit(**JIT)
-def step(P, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, action):
+def step(P, M, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, action):
     B = obs.shape[0]
     time_table = mat(P, L, 2)
     E = time_table.shape[1]
@@ -387,9 +449,9 @@ def step(P, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, acti
         for j in range(obs.shape[1]):
             norm_obs[b, j] = (obs[b, j] - mean[j]) * inv_std[j]
     s_emb = np.empty((B, E), np.float32)
-    linear(mat(P, L, 5), vec(P, L, 6), norm_obs, s_emb, blas)
+    linear(mat(M, L, 5), vec(P, L, 6), norm_obs, s_emb, blas)
     a_emb = np.empty((B, E), np.float32)
-    linear(mat(P, L, 7), vec(P, L, 8), prev, a_emb, blas)
+    linear(mat(M, L, 7), vec(P, L, 8), prev, a_emb, blas)
     r_emb = np.empty((B, E), np.float32)
     for b in range(B):
         r = np.float32(rtg[b] * scalars[0])
@@ -408,30 +470,30 @@ def step(P, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, acti
             tp = min(max(t[b] - 1, 0), max_t)
             for j in range(E):
                 tok[b, j] = a_emb[b, j] + time_table[tp, j]
-        backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, later, y)
+        backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, later, y)
         for b in range(B):
             for j in range(E):
                 tok[b, j] = r_emb[b, j] + time_table[ts[b], j]
-        backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
+        backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
         for b in range(B):
             for j in range(E):
                 tok[b, j] = s_emb[b, j] + time_table[ts[b], j]
-        k = backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
+        k = backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
     else:  # compact: R_t + s_t + a_{t-1}; split: R_t, then s_t + a_{t-1}
         tok = np.empty((B, E), np.float32)
         if tokens == 2:
             for b in range(B):
                 for j in range(E):
                     tok[b, j] = r_emb[b, j] + time_table[ts[b], j]
-            backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
+            backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
         b_a = vec(P, L, 8)
         for b in range(B):
             for j in range(E):
                 a = a_emb[b, j] if t[b] > 0 else b_a[j]  # a_{-1} = 0: only the bias
                 r = r_emb[b, j] if tokens == 0 else np.float32(0.0)
                 tok[b, j] = s_emb[b, j] + r + a + time_table[ts[b], j]
-        k = backbone_step(P, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
-    linear(mat(P, L, k), vec(P, L, k + 1), y, action, blas)
+        k = backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
+    linear(mat(M, L, k), vec(P, L, k + 1), y, action, blas)
     for b in range(B):
         for j in range(action.shape[1]):
             action[b, j] = np.tanh(action[b, j])
@@ -449,14 +511,14 @@ def not_finite(x):
 
 
 @njit(**JIT)
-def policy_step(P, L, blas, kind, n_layers, tokens, scalars, obs, reward, prev, rtg, t, S):
+def policy_step(P, M, L, blas, kind, n_layers, tokens, scalars, obs, reward, prev, rtg, t, S):
     """`FusedStep.act`: an empty (0, act) array when obs is not finite, else the action."""
     if not_finite(obs):
         return np.empty((0, prev.shape[1]), np.float32)
     for b in range(reward.shape[0]):
         rtg[b] -= reward[b]
     action = np.empty_like(prev)
-    step(P, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, action)
+    step(P, M, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, action)
     prev[:] = action
     for b in range(t.shape[0]):
         t[b] += 1

@@ -5,9 +5,11 @@ weights come from at batch 1.
 
 1. Times `FusedStep` (DT-size minGRU, compact tokens, 1 thread) at batch 1, 2, 10, 32, 64 and 100 with the
    loop and with BLAS (sgemm) forced, side by side in one run: the evidence behind `FusedStep.blas_from`.
+   Also the loop with float16 weights (`FusedStep(weights="float16")`).
 2. At batch 1, the step's own matrix-vector products in one compiled call (the loop `FusedStep` runs), with
    each matrix once, as a step runs them (the weights stream from L3), and each many times back to back
-   (then they come from L2): how much of the step is the weights' way to the core.
+   (then they come from L2), with float32 and float16 weights: how much of the step is the weights' way to
+   the core.
 Writes results/bench_fused_cpu.md.
 """
 
@@ -54,26 +56,29 @@ def products(P, L, ks, repeat, x, out, bias):
             linear(P[o:o + r * c].reshape((r, c)), bias[:r], x[:c].reshape((1, c)), out[:r].reshape((1, r)), False)
 
 
-def weight_sources(fused: FusedStep, calls: int, repeat: int = 20) -> tuple[pd.DataFrame, int, float]:
-    """The step's matrix products once each, as a step runs them (their 2.7 MB come from L3), then each
-    `repeat` times back to back (from the second time on a matrix, at most 256 KB, is in L2)."""
-    P, L = fused.packed[False]
-    ks = np.array([k for k in range(len(L)) if k != 2 and L[k, 1] > 1], np.int64)  # 2: the timestep table
-    macs = int(sum(L[k, 1] * L[k, 2] for k in ks))
-    x = np.random.default_rng(0).standard_normal(int(L[:, 2].max())).astype(np.float32)
-    out, bias = np.zeros(int(L[:, 1].max()), np.float32), np.zeros(int(L[:, 1].max()), np.float32)
+def weight_sources(steps: list[FusedStep], calls: int, repeat: int = 20) -> tuple[pd.DataFrame, int, float]:
+    """The step's matrix products once each, as a step runs them (their 2.8 MB in float32 come from L3), then
+    each `repeat` times back to back (from the second time on a matrix, at most 256 KB, is in L2); for each
+    of `steps` (float32 and float16 weights)."""
     mhz = cpu_mhz()
     rows = []
-    for name, n in (("once each, as a step streams them", 1), (f"each {repeat} times back to back", repeat)):
-        products(P, L, ks, n, x, out, bias)
-        times = np.empty(calls)
-        for i in range(calls):
-            t0 = time.perf_counter()
-            products(P, L, ks, n, x, out, bias)
-            times[i] = time.perf_counter() - t0
-        us = float(np.median(times) * 1e6) / n  # per pass over the step's matrices
-        rows.append({"matrices": name, "weights_from": "L3" if n == 1 else "L2", "us_per_step": us,
-                     "multiply_adds_per_cycle": macs / (us * mhz), "bytes_per_cycle": 4 * macs / (us * mhz)})
+    for fused in steps:
+        _, M, L = fused.packed[False]
+        ks = np.array([k for k in range(len(L)) if k != 2 and L[k, 1] > 1], np.int64)  # 2: the timestep table
+        macs = int(sum(L[k, 1] * L[k, 2] for k in ks))
+        x = np.random.default_rng(0).standard_normal(int(L[:, 2].max())).astype(np.float32)
+        out, bias = np.zeros(int(L[:, 1].max()), np.float32), np.zeros(int(L[:, 1].max()), np.float32)
+        for name, n in (("once each, as a step streams them", 1), (f"each {repeat} times back to back", repeat)):
+            products(M, L, ks, n, x, out, bias)
+            times = np.empty(calls)
+            for i in range(calls):
+                t0 = time.perf_counter()
+                products(M, L, ks, n, x, out, bias)
+                times[i] = time.perf_counter() - t0
+            us = float(np.median(times) * 1e6) / n  # per pass over the step's matrices
+            rows.append({"weights": fused.weights, "matrices": name, "weights_from": "L3" if n == 1 else "L2",
+                         "us_per_step": us, "multiply_adds_per_cycle": macs / (us * mhz),
+                         "bytes_per_cycle": M.itemsize * macs / (us * mhz)})
     return pd.DataFrame(rows), macs, mhz
 
 
@@ -91,7 +96,9 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    fused = FusedStep(DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, backbone="mingru", tokens="compact")).eval())
+    model = DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, backbone="mingru", tokens="compact")).eval()
+    fused, half = FusedStep(model), FusedStep(model, weights="float16")
+    half.blas_from = 10**9
     load = os.getloadavg()[0]
     rows = []
     for batch in (1, 2, 10, 32, 64, 100):
@@ -99,19 +106,21 @@ def main():
         for name, blas_from in (("loop_us", 10**9), ("blas_us", 1)):
             fused.blas_from = blas_from
             row[name] = median_us(fused, batch, args.calls)
+        row["loop_float16_us"] = median_us(half, batch, args.calls)
         rows.append(row)
     frame = pd.DataFrame(rows).assign(blas_over_loop=lambda f: f.blas_us / f.loop_us)
     threads = os.environ["OPENBLAS_NUM_THREADS"]
     header = (f"{cpu_description()}, 1 thread (OPENBLAS_NUM_THREADS={threads}), median of {args.calls} calls of "
               f"FusedStep (DT-size minGRU, compact tokens); load average at start {load:.2f}; "
               f"`FusedStep.blas_from` = {FusedStep.blas_from}")
-    sources, macs, mhz = weight_sources(fused, args.calls)
+    sources, macs, mhz = weight_sources([fused, half], args.calls)
     text = f"# Fused runtime: compiled loop against BLAS by batch size\n\n{header}\n\n" \
-           f"{frame.astype({'batch': str}).to_markdown(index=False, floatfmt=('', '.1f', '.1f', '.2f'))}\n\n" \
+           f"{frame.astype({'batch': str}).to_markdown(index=False, floatfmt=('', '.1f', '.1f', '.1f', '.2f'))}\n\n" \
            f"Batch 1, the step's {macs:,} multiply-adds (its matrix-vector products, {4 * macs / 1e6:.1f} MB of " \
-           f"weights) in one compiled call of the loop, by where the weights come from (per cycle at the " \
+           f"weights in float32, {2 * macs / 1e6:.1f} MB in float16) in one compiled call of the loop, by where " \
+           f"the weights come from (per cycle at the " \
            f"{mhz:.0f} MHz /proc/cpuinfo reports); load average now {os.getloadavg()[0]:.2f}:\n\n" \
-           f"{sources.to_markdown(index=False, floatfmt=('', '', '.1f', '.1f', '.1f'))}\n"
+           f"{sources.to_markdown(index=False, floatfmt=('', '', '', '.1f', '.1f', '.1f'))}\n"
     (ROOT / "results" / "bench_fused_cpu.md").write_text(text)
     print(text)
 

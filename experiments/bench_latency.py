@@ -2,7 +2,8 @@
 
 1. `act` latency at batch 1 on CPU (1 thread), median and p99 over many calls, for each backbone:
    `Policy.act` (numpy in/out with input checks) on eager PyTorch, onnxruntime and the fused numba
-   step, and the bare step functions (TorchScript, onnxruntime, fused); next to d3rlpy's
+   step (float32 weights, and float16: `weights="float16"`), and the bare step functions (TorchScript,
+   onnxruntime, fused); next to d3rlpy's
    DecisionTransformer stateful wrapper (its own venv).
    Model size: DT's (embed 128, 3 layers, K=20). Latency does not depend on the weights' values.
 2. Evaluation throughput: 10 parallel Hopper-v5 episodes with a batched `Policy.act` per step, against
@@ -105,6 +106,9 @@ def bench_backbone(backbone, tokens, calls, tmp):
     runtimes = ["torch", "onnxruntime"] + (["fused"] if backbone in KINDS else [])
     for runtime in runtimes:
         rows.append((f"Policy.act, runtime={runtime}", *timed(acting(Policy(model, runtime=runtime), obs), calls)))
+    if backbone in KINDS:
+        half = Policy(model, runtime="fused", weights="float16")
+        rows.append(("Policy.act, runtime=fused, float16 weights", *timed(acting(half, obs), calls)))
 
     ts = torch.jit.load(str(export_torchscript(model, tmp / f"{backbone}-{tokens}.pt")))
     ts_state = list(model.initial_state(1))
@@ -137,16 +141,17 @@ def bench_backbone(backbone, tokens, calls, tmp):
 
     rows.append(("onnxruntime", *timed(onnx, calls)))
 
-    if backbone in KINDS:
-        fused = FusedStep(model)
+    for weights in ("float32", "float16") if backbone in KINDS else ():
+        fused = FusedStep(model, weights=weights)
         f_in = [obs[None], np.zeros((1, ACT), np.float32), np.array([3600.0], np.float32), np.zeros(1, np.int64),
                 fused.initial_state(1)]
 
-        def fused_step():
+        def fused_step(fused=fused, f_in=f_in):
             f_in[1], f_in[4] = fused(*f_in)
             f_in[3] = (f_in[3] + 1) % 900
 
-        rows.append(("fused (numba)", *timed(fused_step, calls)))
+        label = "fused (numba)" + (", float16 weights" if weights == "float16" else "")
+        rows.append((label, *timed(fused_step, calls)))
     return [{"impl": f"decision-rnn {backbone}", "tokens": tokens, "runtime": r, "median_us": m, "p99_us": p}
             for r, m, p in rows]
 

@@ -1,6 +1,8 @@
 """The fused (numba) step equals `DecisionRNN.step`: every recurrent backbone, both tokenizations,
 batches whose episodes start at different times, long rollouts with trained-like (non-tiny) weights."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,86 @@ def test_vectorized_exp_is_accurate_on_the_nonpositive_half_line():
     np.testing.assert_allclose(out[body], exact[body], rtol=3e-7, atol=0)
     assert out[x == 0] == 1.0
     assert np.all((out[~body] >= 0) & (out[~body] < 1e-34))  # far tail: tiny, never negative or NaN
+
+
+def rounded_to_half(model):
+    """A copy whose matrix-vector products' matrices (every nn.Linear weight but the return embedding's, a
+    column the step reads as a vector) are rounded to float16."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and m is not model.embed_return:
+                m.weight.copy_(m.weight.half().float())
+    return model
+
+
+def rollout_actions(step, initial_state, B=4, T=120, seed=0):
+    """Actions of `step` (FusedStep or a torch model's step on numpy) over T random steps."""
+    rng = np.random.default_rng(seed)
+    state, prev = initial_state, np.zeros((B, 3), np.float32)
+    rtg, t = np.linspace(3600, 0, B).astype(np.float32), np.zeros(B, np.int64)
+    actions = []
+    for _ in range(T):
+        obs = rng.standard_normal((B, 11)).astype(np.float32) * 3
+        action, state = step(obs, prev, rtg, t, state)
+        actions.append(action.copy())
+        prev, t, rtg = action, t + 1, rtg - 3
+    return np.stack(actions)
+
+
+def torch_step(model):
+    def step(obs, prev, rtg, t, state):
+        with torch.no_grad():
+            action, state = model.step(*map(torch.from_numpy, (obs, prev, rtg, t)), state)
+        return action.numpy(), state
+    return step
+
+
+@pytest.mark.parametrize("tokens", ["compact", "interleaved"])
+@pytest.mark.parametrize("backbone", ["mingru", "minlstm"])
+def test_fused_float16_weights_equal_torch_with_rounded_matrices(backbone, tokens):
+    """float16 weights change only the matrices' values: the step equals the float32 model with them rounded
+    (minGRU/minLSTM: the packed matrices are the modules' weights), and differs from the unrounded one."""
+    model = random_model(backbone, tokens)
+    half = FusedStep(model, weights="float16")
+    assert half.packed[False][1].dtype == np.uint16
+    got = rollout_actions(half, half.initial_state(4))
+    rounded = rounded_to_half(model)
+    np.testing.assert_allclose(got, rollout_actions(torch_step(rounded), rounded.initial_state(4)), atol=1e-5)
+    exact = rollout_actions(torch_step(model), model.initial_state(4))
+    assert 1e-5 < np.abs(got - exact).max() < 0.05  # the rounding shows, and stays small
+
+
+@pytest.mark.parametrize("backbone", RECURRENT)
+def test_fused_float16_loop_and_blas_agree(backbone):
+    """BLAS has no float16 product; from `blas_from` rows it reads float32 copies of the same rounded values."""
+    model = random_model(backbone, "compact")
+    loop, blas = FusedStep(model, weights="float16"), FusedStep(model, weights="float16")
+    blas.blas_from = 1
+    np.testing.assert_allclose(rollout_actions(loop, loop.initial_state(4)),
+                               rollout_actions(blas, blas.initial_state(4)), atol=1e-5)
+
+
+def test_float16_weights_refuse_other_runtimes_and_out_of_range_weights():
+    model = random_model("mingru", "compact")
+    with pytest.raises(ValueError, match="option of runtime='fused'"):
+        Policy(model, runtime="torch", weights="float16")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        FusedStep(model, weights="int8")
+    with torch.no_grad():
+        model.backbone.blocks[0].mlp.fc.weight[0, 0] = 1e5
+    with pytest.raises(ValueError, match="beyond float16's range"):
+        FusedStep(model, weights="float16")
+    FusedStep(model)  # float32 holds it
+
+
+def test_policy_with_float16_weights_acts_close_to_float32(embedded):
+    model = random_model("mingru", "compact")
+    model.set_normalization(embedded.obs_mean, embedded.obs_std)
+    actions = []
+    for weights in ("float32", "float16"):
+        policy = Policy(model, runtime="fused", weights=weights)
+        policy.reset(3000.0)
+        obs, rewards = embedded.observations[:100], embedded.rewards[:100]
+        actions.append(np.stack([policy.act(o, None if i == 0 else rewards[i - 1]) for i, o in enumerate(obs)]))
+    assert 1e-5 < np.abs(actions[1] - actions[0]).max() < 0.05

@@ -30,9 +30,11 @@ def summarize(frame: pd.DataFrame) -> list[dict]:
 
 
 def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="cpu", runtime="torch",
-                 out_dir=None) -> dict:
-    """Evaluate a run's last checkpoint; writes per-episode CSV and a JSON summary next to it."""
-    policy = Policy.load(run, device=device, runtime=runtime)
+                 weights="float32", out_dir=None) -> dict:
+    """Evaluate a run's last checkpoint; writes per-episode CSV and a JSON summary next to it.
+
+    `runtime`, `weights`: as `Policy`'s (evaluate the policy as it will be deployed)."""
+    policy = Policy.load(run, device=device, runtime=runtime, weights=weights)
     env_id = policy.env_id
     targets = list(target_returns or [default_target_return(env_id)])
     ref = policy.meta.get("ref_min_score"), policy.meta.get("ref_max_score")  # the training data's
@@ -54,6 +56,7 @@ def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="c
         "backbone": policy.model.config.backbone,
         "device": str(device),
         "runtime": runtime,
+        "weights": weights,
         "results": summarize(frame),
     }
     # a run's evaluation goes into the run directory, a given checkpoint's into the checkpoint
