@@ -14,10 +14,11 @@ products are compiled loops, BLAS calls (scipy's OpenBLAS through numba's `np.do
 `FusedStep.blas_from`; everything between them is compiled loops.
 
 `weights="float16"`: the matrices are rounded to float16 and the loop reads them as float16 (widened to float32 in
-registers; all arithmetic stays float32). At batch 1 the step is bound by streaming its matrices from the cache,
-so half the bytes is a faster step (results/bench_latency_cpu.md); the actions then differ from the float32 model's
-by the rounding (a few 1e-3 at DT's size; experiments/half_weights.py measures scores and action differences on
-trained runs). Equal within ~1e-5 to the float32 step of the model with its matrices so rounded (tested).
+registers; all arithmetic stays float32): half the bytes per step. That pays off where the float32 matrices do not
+fit the cache (2.3x at embed 256 on a Zen 2 VM, 11 MB); at DT's size (2.8 MB) widening costs about what the bytes
+save (results/bench_fused_cpu.md). Actions differ from the float32 model's by the rounding (at most ~2e-3 on
+trained runs, results/half_weights_cpu.md). Equal within ~1e-5 to the float32 step of the model with its
+matrices so rounded (tested).
 
 State: one float32 array (n, B, H) holding the backbone's state tensors in `DecisionRNN.initial_state`
 order; `FusedStep.to_torch_state` gives them back as that tuple.

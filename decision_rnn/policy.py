@@ -41,8 +41,8 @@ class Policy:
       only; the fastest at batch 1 and in batched evaluation (BLAS from batch 2).
     All give the same actions within 1e-5 (tested).
 
-    `weights="float16"` (fused only): matrices rounded to float16, read at half the bytes — a faster step at
-    batch 1, actions off by the rounding (see `decision_rnn.fused`); the default keeps float32.
+    `weights="float16"` (fused only): matrices rounded to float16, read at half the bytes — faster for models
+    whose weights outgrow the CPU cache, actions off by the rounding (see `decision_rnn.fused`).
     """
 
     def __init__(self, model: DecisionRNN, *, device: str | torch.device = "cpu", meta: dict | None = None,

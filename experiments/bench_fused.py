@@ -10,6 +10,8 @@ weights come from at batch 1.
    each matrix once, as a step runs them (the weights stream from L3), and each many times back to back
    (then they come from L2), with float32 and float16 weights: how much of the step is the weights' way to
    the core.
+3. The batch-1 step with float32 and float16 weights by model size: where float16 pays off (weights
+   beyond the cache) and where widening them costs what the halved bytes save.
 Writes results/bench_fused_cpu.md.
 """
 
@@ -82,6 +84,22 @@ def weight_sources(steps: list[FusedStep], calls: int, repeat: int = 20) -> tupl
     return pd.DataFrame(rows), macs, mhz
 
 
+def by_size(calls: int) -> pd.DataFrame:
+    """Batch-1 step time, float32 against float16 weights, for DT's size and wider/deeper minGRUs."""
+    rows = []
+    for embed, layers in ((128, 3), (256, 3), (256, 6)):
+        torch.manual_seed(0)
+        model = DecisionRNN(ModelConfig(obs_dim=OBS, act_dim=ACT, backbone="mingru", tokens="compact",
+                                        embed_dim=embed, n_layers=layers)).eval()
+        steps = [FusedStep(model, weights=w) for w in ("float32", "float16")]
+        _, _, L = steps[0].packed[False]
+        macs = sum(L[k, 1] * L[k, 2] for k in range(len(L)) if k != 2 and L[k, 1] > 1)
+        times = [median_us(f, 1, calls) for f in steps]
+        rows.append({"embed_dim": embed, "n_layers": layers, "float32_MB": 4 * macs / 1e6, "float32_us": times[0],
+                     "float16_us": times[1], "float32_over_float16": times[0] / times[1]})
+    return pd.DataFrame(rows)
+
+
 def cpu_mhz() -> float:
     """The clock /proc/cpuinfo reports (a VM's nominal one; turbo may differ)."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -114,13 +132,17 @@ def main():
               f"FusedStep (DT-size minGRU, compact tokens); load average at start {load:.2f}; "
               f"`FusedStep.blas_from` = {FusedStep.blas_from}")
     sources, macs, mhz = weight_sources([fused, half], args.calls)
+    sizes = by_size(args.calls)
     text = f"# Fused runtime: compiled loop against BLAS by batch size\n\n{header}\n\n" \
            f"{frame.astype({'batch': str}).to_markdown(index=False, floatfmt=('', '.1f', '.1f', '.1f', '.2f'))}\n\n" \
            f"Batch 1, the step's {macs:,} multiply-adds (its matrix-vector products, {4 * macs / 1e6:.1f} MB of " \
            f"weights in float32, {2 * macs / 1e6:.1f} MB in float16) in one compiled call of the loop, by where " \
            f"the weights come from (per cycle at the " \
            f"{mhz:.0f} MHz /proc/cpuinfo reports); load average now {os.getloadavg()[0]:.2f}:\n\n" \
-           f"{sources.to_markdown(index=False, floatfmt=('', '', '', '.1f', '.1f', '.1f'))}\n"
+           f"{sources.to_markdown(index=False, floatfmt=('', '', '', '.1f', '.1f', '.1f'))}\n\n" \
+           f"Batch 1, the whole step (median of {args.calls} calls) by model size (minGRU, compact tokens; MB: the " \
+           f"float32 matrices a step streams); load average now {os.getloadavg()[0]:.2f}:\n\n" \
+           f"{sizes.to_markdown(index=False, floatfmt=('', '', '.1f', '.1f', '.1f', '.2f'))}\n"
     (ROOT / "results" / "bench_fused_cpu.md").write_text(text)
     print(text)
 
