@@ -33,6 +33,10 @@ def test_train_resume_evaluate_export(tmp_path, capsys):
     for runtime in ("onnxruntime", "fused"):
         assert main(["evaluate", str(run), "--episodes", "2", "--runtime", runtime, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["runtime"] == runtime
+    assert main(["evaluate", str(run), "--episodes", "2", "--runtime", "fused", "--weights", "float16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == "float16"
+    with pytest.raises(ValueError, match="option of runtime='fused'"):
+        main(["evaluate", str(run), "--episodes", "1", "--weights", "float16"])
 
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
     assert (tmp_path / "policy.onnx").exists() and (tmp_path / "policy.pt").exists()
