@@ -47,6 +47,9 @@ they change nothing: their rows are v2's. Under v3 their converses take one of t
   (which end-alignment trains fully) and its last ones (which start-alignment does) are both trained as
   often as the rest (`WindowSampler(align="uniform")`).
 - `constant-lr`: DT's constant rate again (v3's end-aligned windows alone).
+- `lr-3e-4` (stop 21, against walker2d-mixed's fallen seeds): the CPU protocol's peak rate 1e-3 -> 3e-4 (so
+  1e-4 -> 3e-5 at the end, about where d3rlpy's DT, still warming up to 1e-4 over 10k updates, stands at
+  update 3,000). Do the last checkpoints still flip between walking and falling at a lower rate?
 Code v4 made `d3rlpy-model` the default (ReLU and N(0, 0.02) init in decision_rnn/config.py, clip 0.25 / 3
 in the CPU protocol) and the grid adopted its v3 runs (`results_grid.py --adopt`); under v4 it and its
 parts (`relu`, `gpt2-init`, `timestep-init-0.02`, `grad-clip-0.083`) change nothing.
@@ -60,7 +63,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from protocol import train_and_evaluate
-from results_grid import CODE_VERSION, DATASETS, grid_versions, locked, our_curves, versions
+from results_grid import AGENTS, CODE_VERSION, DATASETS, agent_spec, grid_versions, locked, our_curves, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -84,13 +87,23 @@ VARIANTS = {
     "window-align-start": ({}, {"window_align": "start"}),
     "window-align-uniform": ({}, {"window_align": "uniform"}),
     "constant-lr": ({}, {"lr_decay": "none"}),
+    "lr-3e-4": ({}, {"lr": 3e-4}),
 }
+
+
+def variant_spec(agent: str, variant: str) -> tuple[str, str, dict, dict]:
+    """(backbone, tokens, ModelConfig options, TrainConfig options) of `variant` applied to grid `agent`: the
+    agent's flavour (tokens, options) with the variant's changes on top."""
+    backbone, tokens, options = agent_spec(agent)
+    model_options = {**options, **VARIANTS[variant][0]}
+    return backbone, model_options.pop("tokens", tokens), model_options, dict(VARIANTS[variant][1])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="hopper-mixed", choices=sorted(DATASETS))
-    p.add_argument("--agent", default="transformer", choices=["mingru", "minlstm", "lru", "transformer"])
+    p.add_argument("--agent", default="transformer", choices=[a for a in AGENTS if a != "d3rlpy-dt"],
+                   help="a grid agent: its backbone and flavour (tokens, options) are the base every variant changes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -109,10 +122,9 @@ def main():
     rows = [{"variant": f"grid run ({r.pop('context')} context)", **r}
             for r in base[["kind", "x", "score", "context", "version"]].to_dict("records")]
     for name in args.variants:
-        model_options, train_options = dict(VARIANTS[name][0]), VARIANTS[name][1]
-        tokens = model_options.pop("tokens", "compact")
+        backbone, tokens, model_options, train_options = variant_spec(args.agent, name)
         out = ROOT / "runs" / "recipe_ablation" / args.dataset / f"{args.agent}-s{args.seed}-{name}"
-        final = train_and_evaluate(DATASETS[args.dataset], args.agent, out, tokens=tokens, seed=args.seed,
+        final = train_and_evaluate(DATASETS[args.dataset], backbone, out, tokens=tokens, seed=args.seed,
                                    episodes=args.episodes, model_options=model_options, train_options=train_options)
         rows += [{"variant": name, "version": CODE_VERSION, **c}
                  for c in our_curves(out, args.seed, args.episodes, "cpu", final)]

@@ -249,6 +249,16 @@ def test_adopted_ablation_variants_train_what_their_grid_agent_trains_in_the_ado
         assert replace(cpu, **train_options) == cpu
 
 
+def test_ablation_variants_change_their_grid_agent(grid):
+    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    assert ablation.variant_spec("minlstm-return-ln", "lr-3e-4") == ("minlstm", "compact", {"return_ln": True},
+                                                                      {"lr": 3e-4})
+    assert ablation.variant_spec("mingru", "tokens-split") == ("mingru", "split", {}, {})
+    assert ablation.variant_spec("mingru-interleaved", "relu") == ("mingru", "interleaved", {"activation": "relu"}, {})
+
+
 def test_agent_names_split_into_backbone_and_flavour_and_back(grid):
     assert grid.split_agent("mingru") == ("mingru", "")
     assert grid.agent_spec("mingru") == ("mingru", "compact", {})
