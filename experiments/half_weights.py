@@ -76,16 +76,20 @@ def write_report(frame: pd.DataFrame, path: Path) -> None:
     frame = frame.assign(difference=frame.score_float16 - frame.score_float32)
     table = frame[["run", "tokens", "seed", "score_float32", "score_float16", "difference", "action_gap_max",
                    "action_gap_mean"]]
-    d = frame.difference
+    lines = []
+    for name, group in [*frame.groupby("backbone"), ("all", frame)]:
+        d = group.difference
+        std = f" (std {d.std(ddof=1):.1f})" if len(d) > 1 else ""
+        lines.append(f"- {name}: float16 - float32 over {len(group)} runs: mean {d.mean():+.1f}{std}, within ±5 on "
+                     f"{(d.abs() <= 5).sum()}; largest action gap {group.action_gap_max.max():.1e}, mean gap "
+                     f"{group.action_gap_mean.mean():.1e}")
     path.with_suffix(".md").write_text(
         "# float16 weights against float32 (fused runtime, CPU, last checkpoint, DT's target)\n\n"
         "Scores: each weight format acting on its own rollout from the same start states. Action gap: along the "
         "float32 rollout, the float16 step on the same inputs; largest and mean |difference| over every step and "
         "action dimension's max (actions lie in [-1, 1]). experiments/half_weights.py.\n\n"
         + table.to_markdown(index=False, floatfmt=("", "", "", ".1f", ".1f", "+.1f", ".1e", ".1e"))
-        + f"\n\nfloat16 - float32 over {len(frame)} runs: mean {d.mean():+.1f} (std {d.std(ddof=1):.1f}), within ±5 on "
-        f"{(d.abs() <= 5).sum()}; largest action gap {frame.action_gap_max.max():.1e}, mean gap "
-        f"{frame.action_gap_mean.mean():.1e}.\n")
+        + "\n\n" + "\n".join(lines) + "\n")
 
 
 def main():
