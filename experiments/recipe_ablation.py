@@ -182,13 +182,13 @@ def paired_differences(frame: pd.DataFrame, grid: pd.DataFrame, over: str = "cur
 
 def against_grid(diff: pd.Series) -> pd.DataFrame:
     """Paired differences against the grid (`paired_differences`): their mean and how many are positive,
-    per version and variant."""
+    per version, agent (the grid agent the variant changes) and variant."""
     if diff.empty:
-        return pd.DataFrame(columns=["version", "variant", "pairs", "mean difference", "higher in"])
-    by = diff.groupby(level=["version", "variant"])
+        return pd.DataFrame(columns=["version", "agent", "variant", "pairs", "mean difference", "higher in"])
+    by = diff.groupby(level=["version", "agent", "variant"])
     wins = by.apply(lambda d: (d > 0).sum())
     summary = pd.DataFrame({"pairs": by.size(), "mean difference": by.mean(), "higher in": wins}).reset_index()
-    return summary.sort_values(["version", "variant"], ascending=[False, True], ignore_index=True)
+    return summary.sort_values(["version", "variant", "agent"], ascending=[False, True, True], ignore_index=True)
 
 
 def per_dataset(diff: pd.Series, sweep: pd.Series, grid: pd.DataFrame, min_datasets: int = 4) -> list[str]:

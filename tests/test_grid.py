@@ -179,10 +179,10 @@ def test_recipe_ablation_summary_pairs_each_variant_with_the_grid_run_of_its_see
                 ("grid run (window context)", 1, 3000, -50.0, v)]  # a stale copy: the grid's own record wins
     frame = pd.DataFrame([{**where, "variant": n, "seed": s, "x": x, "score": sc, "version": ver}
                           for n, s, x, sc, ver in variants])
-    summary = ablation.against_grid(ablation.paired_differences(frame, runs)).set_index(["version", "variant"])
-    assert list(summary.index) == [(v, "cosine-decay"), (v - 1, "relu")]  # newest version first
-    assert summary.loc[(v, "cosine-decay")].tolist() == [2, 2.5, 1]  # (+10, -5): last checkpoints, same seeds
-    assert summary.loc[(v - 1, "relu")].tolist() == [1, 94.0, 1]
+    summary = ablation.against_grid(ablation.paired_differences(frame, runs)).set_index(["version", "agent", "variant"])
+    assert list(summary.index) == [(v, "mingru", "cosine-decay"), (v - 1, "mingru", "relu")]  # newest version first
+    assert summary.loc[(v, "mingru", "cosine-decay")].tolist() == [2, 2.5, 1]  # (+10, -5): last checkpoints
+    assert summary.loc[(v - 1, "mingru", "relu")].tolist() == [1, 94.0, 1]
 
 
 def test_recipe_ablation_counts_a_run_under_the_variant_that_trains_the_same(grid):
@@ -199,9 +199,9 @@ def test_recipe_ablation_counts_a_run_under_the_variant_that_trains_the_same(gri
                          + [{"agent": "mingru", "dataset": "hopper-mixed", "kind": "curve", "seed": 0, "x": 3000,
                              "variant": alias, "score": 20.0, "version": alias_version}])  # its own run wins
     diff = ablation.paired_differences(frame, runs)
-    summary = ablation.against_grid(diff).set_index(["version", "variant"])
-    assert summary.loc[(version, variant)].tolist() == [4, 30.0, 4]  # against its own version's grid runs
-    assert summary.loc[(alias_version, alias)].tolist() == [4, 5.0, 3]  # (10 x 3 - 10) / 4
+    summary = ablation.against_grid(diff).set_index(["version", "agent", "variant"])
+    assert summary.loc[(version, "mingru", variant)].tolist() == [4, 30.0, 4]  # against its own version's grid runs
+    assert summary.loc[(alias_version, "mingru", alias)].tolist() == [4, 5.0, 3]  # (10 x 3 - 10) / 4
     tables = "\n".join(ablation.per_dataset(diff, ablation.paired_differences(frame, runs, over="target"), runs))
     assert f"**{alias} [v{alias_version}] against the grid run, mingru, per dataset**" in tables
     row = next(line for line in tables.splitlines()[::-1] if line.startswith("| hopper-mixed"))
