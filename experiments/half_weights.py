@@ -13,14 +13,12 @@ Writes results/half_weights_cpu.{csv,md} (rows of other runs are kept).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from results_grid import eval_seed, locked
-from window_acting import tokens_label
+from results_grid import eval_seed
+from window_acting import per_run_study, tokens_label
 
 from decision_rnn import Policy
 from decision_rnn.evaluation import default_target_return, rollout
@@ -52,7 +50,7 @@ class Shadowed:
         return self.prev
 
 
-def evaluate(run: Path, seed: int, episodes: int) -> dict:
+def evaluate(run: Path, seed: int, episodes: int) -> list[dict]:
     policies = {w: Policy.load(run, runtime="fused", weights=w) for w in ("float32", "float16")}
     meta = policies["float32"].meta
     env_id, config = meta["env_id"], policies["float32"].model.config
@@ -69,7 +67,7 @@ def evaluate(run: Path, seed: int, episodes: int) -> dict:
     row.update(action_gap_max=float(gaps.max()), action_gap_mean=float(gaps.mean()))
     print(f"{row['run']}: float32 {row['score_float32']:6.1f}, float16 {row['score_float16']:6.1f}, "
           f"action gap max {row['action_gap_max']:.2e} mean {row['action_gap_mean']:.2e}")
-    return row
+    return [row]
 
 
 def write_report(frame: pd.DataFrame, path: Path) -> None:
@@ -93,29 +91,7 @@ def write_report(frame: pd.DataFrame, path: Path) -> None:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="*", type=Path)
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's training seed)")
-    p.add_argument("--report", action="store_true", help="only rewrite the markdown from the CSV")
-    args = p.parse_args()
-    path = ROOT / "results" / "half_weights_cpu.csv"
-    if args.report:
-        write_report(pd.read_csv(path), path)
-        return
-    torch.set_num_threads(1)
-    rows = []
-    for run in args.runs:
-        run = run.resolve()
-        seed = args.seed if args.seed is not None else Policy.load(run).meta["train_config"]["seed"]
-        rows.append(evaluate(run, seed, args.episodes))
-    with locked(path):
-        frame = pd.DataFrame(rows)
-        if path.exists():
-            old = pd.read_csv(path)
-            frame = pd.concat([old[~old.run.isin(set(frame.run))], frame], ignore_index=True)
-        frame.to_csv(path, index=False)
-    write_report(frame, path)
+    per_run_study(__doc__, ROOT / "results" / "half_weights_cpu.csv", evaluate, write_report)
 
 
 if __name__ == "__main__":

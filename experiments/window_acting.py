@@ -17,6 +17,7 @@ policy itself is what fails. Writes results/window_acting_cpu.{csv,md} (rows of 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -98,14 +99,17 @@ def write_report(frame: pd.DataFrame, path: Path) -> None:
         f"window higher by more than 5 on {(gap > 5).sum()}, lower by more than 5 on {(gap < -5).sum()}.\n")
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def per_run_study(doc: str, path: Path, evaluate: Callable[[Path, int, int], list[dict]],
+                  write_report: Callable[[pd.DataFrame, Path], None]) -> None:
+    """The command line the per-run studies share: `evaluate(run, seed, episodes)` each RUN_DIR's last
+    checkpoint (seed: the run's training seed unless --seed), merge the rows into the CSV at `path` (rows of
+    other runs kept) and rewrite its report; --report only rewrites the report."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("runs", nargs="*", type=Path)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's training seed)")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown from the CSV")
     args = p.parse_args()
-    path = ROOT / "results" / "window_acting_cpu.csv"
     if args.report:
         write_report(pd.read_csv(path), path)
         return
@@ -122,6 +126,10 @@ def main():
             frame = pd.concat([old[~old.run.isin(set(frame.run))], frame], ignore_index=True)
         frame.to_csv(path, index=False)
     write_report(frame, path)
+
+
+def main():
+    per_run_study(__doc__, ROOT / "results" / "window_acting_cpu.csv", evaluate, write_report)
 
 
 if __name__ == "__main__":
