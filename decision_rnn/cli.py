@@ -154,8 +154,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="what runs the policy network (onnxruntime, fused: CPU only; fused: recurrent backbones, "
                         "fastest at small batch)")
     p.add_argument("--weights", choices=["float32", "float16"], default="float32",
-                   help="fused runtime only: float16 rounds the weight matrices (half the bytes: faster for models "
-                        "beyond the CPU cache; actions change by the rounding)")
+                   help="fused runtime only: float16 rounds the weight matrices (half the bytes: faster at batch 1 for "
+                        "models beyond the CPU cache, slower at larger batches; actions change by the rounding)")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of a table")
     p.add_argument("--quickstart-steps", type=int, default=1500, help=argparse.SUPPRESS)
     p.add_argument("--quickstart-out", default="runs/quickstart", help=argparse.SUPPRESS)

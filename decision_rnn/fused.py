@@ -13,10 +13,11 @@ Compiled code is cached next to this file after the first use (a few seconds, on
 products are compiled loops, BLAS calls (scipy's OpenBLAS through numba's `np.dot`) from batch
 `FusedStep.blas_from`; everything between them is compiled loops.
 
-`weights="float16"`: the matrices are rounded to float16 and the loop reads them as float16 (widened to float32 in
-registers; all arithmetic stays float32): half the bytes per step. That pays off where the float32 matrices do not
-fit the cache (2.3x at embed 256 on a Zen 2 VM, 11 MB); at DT's size (2.8 MB) widening costs about what the bytes
-save (results/bench_fused_cpu.md). Actions differ from the float32 model's by the rounding (at most ~2e-3 on
+`weights="float16"`: the matrices are rounded to float16 and the loop reads them as float16 (widened to float32
+in registers; all arithmetic stays float32): half the bytes per step. That pays off at batch 1 where the float32
+matrices do not fit the cache (1.8x at embed 256 on a Zen 2 VM, 11 MB; 3.3x at 22 MB); at DT's size (2.8 MB)
+widening costs about what the bytes save, and above batch 1 each batch row widens the weights again, which
+makes it slower (results/bench_fused_cpu.md). Actions differ from the float32 model's by the rounding (at most ~2e-3 on
 trained runs, results/half_weights_cpu.md). Equal within ~1e-5 to the float32 step of the model with its
 matrices so rounded (tested).
 

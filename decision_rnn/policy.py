@@ -41,14 +41,17 @@ class Policy:
       only; the fastest at batch 1 and in batched evaluation (BLAS from batch 2).
     All give the same actions within 1e-5 (tested).
 
-    `weights="float16"` (fused only): matrices rounded to float16, read at half the bytes — faster for models
-    whose weights outgrow the CPU cache, actions off by the rounding (see `decision_rnn.fused`).
+    `weights="float16"` (fused only): matrices rounded to float16, read at half the bytes — faster at batch 1
+    for models whose weights outgrow the CPU cache, slower at larger batches, actions off by the rounding (see
+    `decision_rnn.fused`).
     """
 
     def __init__(self, model: DecisionRNN, *, device: str | torch.device = "cpu", meta: dict | None = None,
                  runtime: str = "torch", threads: int = 1, weights: str = "float32"):
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choices: {list(RUNTIMES)}")
+        if weights not in ("float32", "float16"):
+            raise ValueError(f"weights must be 'float32' or 'float16' (fused runtime only), got {weights!r}")
         if weights != "float32" and runtime != "fused":
             raise ValueError(f"weights={weights!r} is an option of runtime='fused', got runtime={runtime!r}")
         self.device = torch.device(device)

@@ -7,7 +7,8 @@
 (results/bench_latency_cpu.md). For each run's last checkpoint, on the same start states (DT's target):
 - the score with float32 and with float16 weights (each policy acting on its own rollout);
 - along the float32 policy's rollout, the float16 step fed the same inputs (obs, a_{t-1}, return-to-go,
-  timestep; its own carried state): the largest and the mean absolute action difference over every step.
+  timestep; its own carried state): the largest and the mean absolute action difference over every step of
+  every episode (the batched rollout's steps after an episode ended are left out).
 Writes results/half_weights_cpu.{csv,md} (rows of other runs are kept).
 """
 
@@ -47,7 +48,7 @@ class Shadowed:
         actions = {w: f(obs, self.prev, self.rtg, self.t, self.states[w])[0] for w, f in self.steps.items()}
         self.gaps.append(np.abs(actions["float16"] - actions["float32"]).max(axis=1))
         self.prev, self.t = actions["float32"], self.t + 1
-        return self.prev
+        return self.prev.copy()  # the caller may change the action; prev is the next step's input
 
 
 def evaluate(run: Path, seed: int, episodes: int) -> list[dict]:
@@ -62,8 +63,9 @@ def evaluate(run: Path, seed: int, episodes: int) -> list[dict]:
         row[f"score_{weights}"] = rollout(policy, env_id, episodes, target, seed=eval_seed(seed),
                                           ref=ref).normalized_score.mean()
     shadow = Shadowed(policies["float32"].model)
-    rollout(shadow, env_id, episodes, target, seed=eval_seed(seed), ref=ref)
-    gaps = np.concatenate(shadow.gaps)
+    lengths = rollout(shadow, env_id, episodes, target, seed=eval_seed(seed), ref=ref).length.to_numpy()
+    gaps = np.stack(shadow.gaps)  # (steps, episodes): the env steps after an episode's end are not its own
+    gaps = gaps[np.arange(len(gaps))[:, None] < lengths[None]]
     row.update(action_gap_max=float(gaps.max()), action_gap_mean=float(gaps.mean()))
     print(f"{row['run']}: float32 {row['score_float32']:6.1f}, float16 {row['score_float16']:6.1f}, "
           f"action gap max {row['action_gap_max']:.2e} mean {row['action_gap_mean']:.2e}")

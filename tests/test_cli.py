@@ -35,6 +35,8 @@ def test_train_resume_evaluate_export(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["runtime"] == runtime
     assert main(["evaluate", str(run), "--episodes", "2", "--runtime", "fused", "--weights", "float16", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["weights"] == "float16"
+    assert main(["evaluate", str(run), "--episodes", "1", "--runtime", "fused", "--weights", "float16"]) == 0
+    assert "runtime fused with float16 weights" in capsys.readouterr().out  # the table says what was evaluated
     with pytest.raises(ValueError, match="option of runtime='fused'"):
         main(["evaluate", str(run), "--episodes", "1", "--weights", "float16"])
 

@@ -178,6 +178,8 @@ def test_float16_weights_refuse_other_runtimes_and_out_of_range_weights():
         Policy(model, runtime="torch", weights="float16")
     with pytest.raises(ValueError, match="weights must be one of"):
         FusedStep(model, weights="int8")
+    with pytest.raises(ValueError, match="weights must be 'float32' or 'float16'"):
+        Policy(model, runtime="torch", weights="int8")
     with torch.no_grad():
         model.backbone.blocks[0].mlp.fc.weight[0, 0] = 1e5
     with pytest.raises(ValueError, match="beyond float16's range"):

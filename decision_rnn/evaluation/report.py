@@ -73,7 +73,8 @@ def format_summary(summary: dict) -> str:
     """The summary as a small text table."""
     lines = [
         f"{summary['backbone']} on {summary['env_id']} ({', '.join(summary['datasets'] or [])}), "
-        f"{summary['checkpoint_kind']} checkpoint, step {summary['checkpoint_step']}",
+        f"{summary['checkpoint_kind']} checkpoint, step {summary['checkpoint_step']}, runtime {summary['runtime']}"
+        + (f" with {summary['weights']} weights" if summary["weights"] != "float32" else ""),
         f"{'target':>8} {'episodes':>8} {'normalized score':>22} {'return':>9} {'length':>7}",
     ]
     for r in summary["results"]:
