@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .config import ModelConfig, TrainConfig, config_from_dict, default_context, model_config_from_saved
-from .policy import RUNTIMES
+from .policy import RUNTIMES, WEIGHTS
 
 log = logging.getLogger("decision_rnn")
 
@@ -153,7 +153,7 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=list(RUNTIMES), default="torch",
                    help="what runs the policy network (onnxruntime, fused: CPU only; fused: recurrent backbones, "
                         "fastest at small batch)")
-    p.add_argument("--weights", choices=["float32", "float16"], default="float32",
+    p.add_argument("--weights", choices=list(WEIGHTS), default="float32",
                    help="fused runtime only: float16 rounds the weight matrices (half the bytes: faster at batch 1 for "
                         "models beyond the CPU cache, slower at larger batches; actions change by the rounding)")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of a table")

@@ -40,10 +40,10 @@ except ImportError as e:
                       "(or: pip install numba scipy)") from e
 
 from .models import DecisionRNN
+from .policy import WEIGHTS
 
 KINDS = {"mingru": 0, "minlstm": 1, "lru": 2}
 TOKENS = {"compact": 0, "interleaved": 1, "split": 2}
-WEIGHTS = ("float32", "float16")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 # error_model="numpy": a float division by zero gives inf (none can occur here) instead of raising, so the
 # compiler drops the zero checks and vectorizes loops that divide (GELU's erf, sigmoids, layer norms).

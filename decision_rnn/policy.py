@@ -27,6 +27,7 @@ import torch
 from .models import DecisionRNN
 
 RUNTIMES = ("torch", "onnxruntime", "fused")
+WEIGHTS = ("float32", "float16")  # the fused runtime's weight formats
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 NO_REWARD = np.zeros(0, np.float32)  # the first act after reset: nothing received yet
 
@@ -50,7 +51,7 @@ class Policy:
                  runtime: str = "torch", threads: int = 1, weights: str = "float32"):
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choices: {list(RUNTIMES)}")
-        if weights not in ("float32", "float16"):
+        if weights not in WEIGHTS:
             raise ValueError(f"weights must be 'float32' or 'float16' (fused runtime only), got {weights!r}")
         if weights != "float32" and runtime != "fused":
             raise ValueError(f"weights={weights!r} is an option of runtime='fused', got runtime={runtime!r}")
