@@ -50,6 +50,9 @@ they change nothing: their rows are v2's. Under v3 their converses take one of t
 - `lr-3e-4` (stop 21, against walker2d-mixed's fallen seeds): the CPU protocol's peak rate 1e-3 -> 3e-4 (so
   1e-4 -> 3e-5 at the end, about where d3rlpy's DT, still warming up to 1e-4 over 10k updates, stands at
   update 3,000). Do the last checkpoints still flip between walking and falling at a lower rate?
+- `lru-r-min-0` (stop 22, LRU only): the LRU's ring init from |lambda| in [0, 0.999] instead of [0.9, 0.999]
+  (the paper's Appendix A code defaults to r_min = 0). From 0.9 up every channel averages over 10 steps or
+  more, half a training window: does the LRU, below our transformer on Hopper, need channels that forget fast?
 Code v4 made `d3rlpy-model` the default (ReLU and N(0, 0.02) init in decision_rnn/config.py, clip 0.25 / 3
 in the CPU protocol) and the grid adopted its v3 runs (`results_grid.py --adopt`); under v4 it and its
 parts (`relu`, `gpt2-init`, `timestep-init-0.02`, `grad-clip-0.083`) change nothing.
@@ -63,7 +66,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from protocol import train_and_evaluate
-from results_grid import AGENTS, CODE_VERSION, DATASETS, agent_spec, grid_versions, locked, our_curves, versions
+from results_grid import AGENTS, CODE_VERSION, DATASETS, agent_spec, locked, our_curves, version_chain, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -88,15 +91,18 @@ VARIANTS = {
     "window-align-uniform": ({}, {"window_align": "uniform"}),
     "constant-lr": ({}, {"lr_decay": "none"}),
     "lr-3e-4": ({}, {"lr": 3e-4}),
+    "lru-r-min-0": ({"backbone_options": {"r_min": 0.0}}, {}),
 }
 
 
 def variant_spec(agent: str, variant: str) -> tuple[str, str, dict, dict]:
     """(backbone, tokens, ModelConfig options, TrainConfig options) of `variant` applied to grid `agent`: the
     agent's flavour (tokens, options) with the variant's changes on top."""
-    backbone, tokens, options = agent_spec(agent)
-    model_options = {**options, **VARIANTS[variant][0]}
-    return backbone, model_options.pop("tokens", tokens), model_options, dict(VARIANTS[variant][1])
+    backbone, tokens, model_options, train_options = agent_spec(agent)
+    if variant.startswith("lru-") and backbone != "lru":
+        raise ValueError(f"variant {variant!r} changes the LRU's options; agent {agent!r} has no LRU backbone")
+    model_options = {**model_options, **VARIANTS[variant][0]}
+    return backbone, model_options.pop("tokens", tokens), model_options, {**train_options, **VARIANTS[variant][1]}
 
 
 def main():
@@ -146,10 +152,9 @@ Their runs also count as pairs of the other against that version's grid run."""
 
 
 def as_every_version(grid: pd.DataFrame) -> pd.DataFrame:
-    """Grid rows under their own code version, and once more under the current one where the grid counts
-    them as current (`grid_versions`: later versions did not change that agent's training)."""
-    own, now = versions(grid), grid_versions(grid)
-    both = pd.concat([grid.assign(version=own), grid[now != own].assign(version=now[now != own])], ignore_index=True)
+    """Grid rows under their own code version, and once more under each later one they count as
+    (`version_chain`: later versions did not change that agent's training)."""
+    both = pd.concat([grid.assign(version=v) for v in version_chain(grid)], ignore_index=True)
     key = ["dataset", "agent", "seed", "context", "kind", "x", "version"]
     return both.drop_duplicates(key, keep="first")  # a run of that version itself wins over a counted one
 

@@ -48,42 +48,51 @@ DATASETS = {
     "walker2d-medium-expert": ["zoo/walker2d/medium-v0", "zoo/walker2d/expert-v0"],
 }
 AGENTS = ["mingru", "minlstm", "lru", "transformer", "mingru-interleaved", "mingru-return-ln", "minlstm-return-ln",
-          "d3rlpy-dt"]
+          "minlstm-return-ln-constant-lr", "d3rlpy-dt"]
 """Our agents are a backbone and a flavour (`FLAVOURS`); d3rlpy-dt: d3rlpy's DecisionTransformer."""
-FLAVOURS = {"": ("compact", {}), "-interleaved": ("interleaved", {}), "-return-ln": ("compact", {"return_ln": True})}
-"""Agent-name suffix -> (tokens, ModelConfig options). "" (no suffix): compact tokens. `-interleaved`: DT's
-(return, state, action) tokens (recipe_ablation.py's `tokens-interleaved` fixed minGRU's hopper-mixed cells,
-at ~2x the training time). `-return-ln`: compact tokens with the return embedding LayerNormed alone
-(`return-ln` there)."""
+FLAVOURS = {"": ("compact", {}, {}), "-interleaved": ("interleaved", {}, {}),
+            "-return-ln": ("compact", {"return_ln": True}, {}),
+            "-return-ln-constant-lr": ("compact", {"return_ln": True}, {"lr_decay": "none"})}
+"""Agent-name suffix -> (tokens, ModelConfig options, TrainConfig options over the protocol's). "" (no
+suffix): compact tokens. `-interleaved`: DT's (return, state, action) tokens (recipe_ablation.py's
+`tokens-interleaved` fixed minGRU's hopper-mixed cells, at ~2x the training time). `-return-ln`: compact
+tokens with the return embedding LayerNormed alone (`return-ln` there). `-return-ln-constant-lr`: that, with
+the rate kept at its peak after the warm-up as DT and d3rlpy do, instead of the CPU protocol's cosine decay
+(`constant-lr` on `minlstm-return-ln` turned walker2d-mixed's fallen seed into a walking one)."""
 CORE = ["mingru", "minlstm", "lru", "d3rlpy-dt"]
 """The agents the goal check needs on a dataset; the others (our transformer among them) join it once they
 have every dataset it judges."""
-RECURRENT = ("mingru", "minlstm", "lru", "mingru-interleaved", "mingru-return-ln", "minlstm-return-ln")
+RECURRENT = ("mingru", "minlstm", "lru", "mingru-interleaved", "mingru-return-ln", "minlstm-return-ln",
+             "minlstm-return-ln-constant-lr")
 SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
 
 
-CODE_VERSION = 5
+CODE_VERSION = 6
 """Our agents' training code and protocol, as far as they change grid scores. 1: a window that starts
 mid-episode fed a zero previous action to its first step (compact tokens). 2 (commit 2cb0dfc): batches
 carry the true previous action. 3: the CPU protocol decays the rate (cosine) and end-aligns windows
 (experiments/protocol.py). 4: d3rlpy's model recipe: ReLU and N(0, 0.02) init by default
 (decision_rnn/config.py), the CPU protocol clips at 0.25 / 3 (`d3rlpy-model` in recipe_ablation.py). 5: the
 transformer acts over DT's window (the last K steps, 3K - 1 tokens); up to v4 its step attended over one token
-more than any training window held (the action before the window). A cell is done only by a row of the
+more than any training window held (the action before the window). 6: the LRU's ring init starts at
+|lambda| = 0 instead of 0.9 (`lru-r-min-0` in recipe_ablation.py). A cell is done only by a row of the
 current version (`grid_versions`; d3rlpy's rows: any version)."""
 
-UNCHANGED = {4: ("mingru", "minlstm", "lru", "mingru-interleaved")}
-"""Agents whose runs of an earlier version train and act exactly as the current version's (v5 changed only
-the transformer): the grid counts them as current-version runs (`grid_versions`)."""
+UNCHANGED = {4: ("mingru", "minlstm", "lru", "mingru-interleaved"),
+             5: ("mingru", "minlstm", "transformer", "mingru-interleaved", "mingru-return-ln", "minlstm-return-ln")}
+"""Version v -> the agents whose runs of v train and act exactly as v + 1's (v5 changed only the transformer,
+v6 only the LRU): such a run counts as the next version's too, and so on up the chain (`version_chain`)."""
 
-ADOPTED = {("d3rlpy-model", 3): (4, ""), ("tokens-interleaved", 4): (4, "-interleaved"),
-           ("return-ln", 5): (5, "-return-ln")}
+ADOPTED = {("d3rlpy-model", 3): (4, "", ""), ("tokens-interleaved", 4): (4, "", "-interleaved"),
+           ("return-ln", 5): (5, "", "-return-ln"), ("lru-r-min-0", 5): (6, "", ""),
+           ("constant-lr", 5): (6, "-return-ln", "-return-ln-constant-lr")}
 """Recipe-ablation runs, by (variant, code version), that trained exactly what a grid agent of a grid version
-trains, -> (that version, the agent's flavour): v4 made `d3rlpy-model`'s options the defaults (a 40-update
-run at the ablation's commit and at v4's gave identical weights); `tokens-interleaved` v4 is what the
-`-interleaved` agents train, `return-ln` v5 what the `-return-ln` ones do (tests/test_grid.py checks them).
-`--adopt` copies them into the grid as that version's runs of that agent, marked in `source` (window context,
-as the grid's)."""
+trains, -> (that version, the flavour of the agent the variant changed, the grid agent's flavour): v4 made
+`d3rlpy-model`'s options the defaults (a 40-update run at the ablation's commit and at v4's gave identical
+weights); `tokens-interleaved` v4 on a plain agent is what the `-interleaved` agents train, `return-ln` v5 what
+the `-return-ln` ones do, `lru-r-min-0` v5 what v6's LRU does, `constant-lr` v5 on a `-return-ln` agent what
+the `-return-ln-constant-lr` ones do (tests/test_grid.py checks them). `--adopt` copies them into the
+grid as that version's runs of that agent, marked in `source` (window context, as the grid's)."""
 
 
 def split_agent(agent: str) -> tuple[str, str]:
@@ -94,11 +103,11 @@ def split_agent(agent: str) -> tuple[str, str]:
     return agent, ""
 
 
-def agent_spec(agent: str) -> tuple[str, str, dict]:
-    """One of our grid agents -> (backbone, tokens, ModelConfig options)."""
+def agent_spec(agent: str) -> tuple[str, str, dict, dict]:
+    """One of our grid agents -> (backbone, tokens, ModelConfig options, TrainConfig options)."""
     backbone, flavour = split_agent(agent)
-    tokens, options = FLAVOURS[flavour]
-    return backbone, tokens, dict(options)
+    tokens, model_options, train_options = FLAVOURS[flavour]
+    return backbone, tokens, dict(model_options), dict(train_options)
 
 
 def agent_context(agent: str) -> str:
@@ -111,12 +120,18 @@ def versions(frame: pd.DataFrame) -> pd.Series:
     return frame.get("version", pd.Series(1, index=frame.index)).fillna(1).astype(int)
 
 
+def version_chain(frame: pd.DataFrame) -> list[pd.Series]:
+    """Each grid row's code version, then once per `UNCHANGED` step the version its run counts as after it:
+    a v4 minGRU run is also v5's and v6's, a v4 LRU run v5's only."""
+    chain = [versions(frame)]
+    for old in sorted(UNCHANGED):
+        chain.append(chain[-1].mask((chain[-1] == old) & frame.agent.isin(UNCHANGED[old]), old + 1))
+    return chain
+
+
 def grid_versions(frame: pd.DataFrame) -> pd.Series:
-    """Each grid row's code version, a run of an `UNCHANGED` agent counted as the current version's."""
-    v = versions(frame)
-    for old, agents in UNCHANGED.items():
-        v = v.mask((v == old) & frame.agent.isin(agents), CODE_VERSION)
-    return v
+    """Each grid row's code version, counting an unchanged agent's run as the latest version it equals."""
+    return version_chain(frame)[-1]
 
 
 def current(frame: pd.DataFrame) -> pd.DataFrame:
@@ -229,13 +244,14 @@ def adopted_runs(ablation: pd.DataFrame, episodes: int = 10) -> tuple[list[dict]
     """Grid rows and curve rows for the `ADOPTED` recipe-ablation runs (last curve point = the run's score).
     `episodes`: what the ablation evaluated with (its default, 10)."""
     rows, curves = [], []
-    for (variant, version), (grid_version, flavour) in ADOPTED.items():
-        mine = ablation[(ablation.variant == variant) & (versions(ablation) == version)]
-        for (name, backbone, seed), run in mine.groupby(["dataset", "agent", "seed"]):
+    for (variant, version), (grid_version, base, flavour) in ADOPTED.items():
+        mine = ablation[(ablation.variant == variant) & (versions(ablation) == version)
+                        & (ablation.agent.map(lambda a: split_agent(a)[1]) == base)]
+        for (name, changed, seed), run in mine.groupby(["dataset", "agent", "seed"]):
             last = run[run.kind == "curve"].sort_values("x").iloc[-1]
             source = f"recipe_ablation {variant} v{version}"
-            log = ROOT / "runs" / "recipe_ablation" / name / f"{backbone}-s{seed}-{variant}"
-            agent = backbone + flavour
+            log = ROOT / "runs" / "recipe_ablation" / name / f"{changed}-s{seed}-{variant}"
+            agent = split_agent(changed)[0] + flavour
             rows.append({"dataset": name, "agent": agent, "seed": seed,
                          "datasets": "+".join(d.split("/")[-1].removesuffix("-v0") for d in DATASETS[name]),
                          "env_id": load_env_id(DATASETS[name]), "tokens": FLAVOURS[flavour][0], "context": "window",
@@ -302,10 +318,10 @@ def main():
                         out.with_name(out.name + ".claim").unlink(missing_ok=True)
                         continue
                 else:
-                    backbone, tokens, options = agent_spec(agent)
+                    backbone, tokens, model_options, train_options = agent_spec(agent)
                     row = train_and_evaluate(ids, backbone, out, protocol=args.protocol, tokens=tokens,
                                              seed=seed, episodes=args.episodes, device=args.device,
-                                             model_options=options)
+                                             model_options=model_options, train_options=train_options)
                     row["agent"] = agent
                     curves = our_curves(out, seed, args.episodes, args.device, row)
                 row.update(dataset=name, protocol=args.protocol, threads=args.threads, load_avg=os.getloadavg()[0],
@@ -418,8 +434,10 @@ def goal_check(stats, agents):
                  f"{t['d3rlpy-dt'].mean():.1f}): ≥ d3rlpy DT on {(gap_one >= 0).sum()} of {len(complete)} dataset(s), "
                  f"{gap_one.mean():+.1f} on average (per dataset: {per_dataset})")
     for a in ours if "transformer" in judged else []:
-        level = (t[a] >= t["transformer"]).sum()
-        lines.append(f"- {a} ≥ our transformer: on {level} of {len(complete)} dataset(s)")
+        level, gap = (t[a] >= t["transformer"]).sum(), t[a].mean() - t["transformer"].mean()
+        lines.append(f"- {a} ≥ our transformer: on {level} of {len(complete)} dataset(s); on average "
+                     f"{t[a].mean():.1f} against {t['transformer'].mean():.1f} ({gap:+.1f}, level or above: "
+                     f"{'yes' if gap >= 0 else 'no'})")
     n = stats["n"].unstack("agent").loc[complete]
     few = {a: [d for d in complete if n.loc[d, a] < 3] for a in judged}
     few = {a: ds for a, ds in few.items() if ds}

@@ -209,6 +209,16 @@ def test_min_rnn_unknown_scan_lists_choices(name):
 class TestLRU(BackboneContract):
     name = "lru"
 
+    @pytest.mark.parametrize("ring", [{}, {"r_min": 0.9, "r_max": 0.999}, {"r_min": 0.5, "r_max": 0.6}])
+    def test_ring_init_puts_every_eigenvalue_on_the_ring(self, ring):
+        """|lambda| in [r_min, r_max] (default [0, 0.999]), filling it; gamma = sqrt(1 - |lambda|^2)."""
+        r_min, r_max = ring.get("r_min", 0.0), ring.get("r_max", 0.999)
+        mixer = build("lru", 64, 1, **ring).double().blocks[0].mixer
+        modulus = torch.hypot(*mixer._lambda())
+        assert modulus.min() >= r_min - 1e-12 and modulus.max() <= r_max + 1e-12
+        assert modulus.max() - modulus.min() > 0.5 * (r_max - r_min)  # 128 draws spread over the ring
+        assert torch.allclose(mixer.gamma_log.exp(), (1 - modulus**2).sqrt())
+
 
 class TestTransformer(BackboneContract):
     """Forward equals the step loop only while everything fits in the window: T <= context."""

@@ -48,7 +48,10 @@ def test_goal_check_compares_the_best_recurrent_agent_with_d3rlpy(grid):
     lines = "\n".join(grid.goal_check(stats, list(scores)))
     assert "every dataset: yes (per dataset: x +10.0 mingru, y +10.0 minlstm)" in lines
     assert "on average: yes (+10.0)" in lines
-    assert "mingru ≥ our transformer: on 1 of 2" in lines
+    assert "mingru ≥ our transformer: on 1 of 2 dataset(s); on average 40.0 against 45.0 (-5.0, level or above: no)" \
+        in lines
+    assert "minlstm ≥ our transformer: on 1 of 2 dataset(s); on average 45.0 against 45.0 (+0.0, level or above: yes)" \
+        in lines
     assert "lru ≥ our transformer: on 0 of 2" in lines
     # minlstm is best on average (45 against mingru's 40): level on x, +10 on y
     assert "best on average, minlstm (45.0 against d3rlpy DT's 40.0): ≥ d3rlpy DT on 2 of 2 dataset(s), +5.0" in lines
@@ -86,16 +89,17 @@ def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
 
 
 def test_against_previous_pairs_each_agent_with_its_last_code_version_in_the_same_context(grid):
-    v = grid.CODE_VERSION  # the transformer: none of its earlier versions counts as current (`UNCHANGED`)
-    rows = [("transformer", "window", v, 0, 70), ("transformer", "window", v, 1, 40),
-            ("transformer", "window", v - 1, 0, 50), ("transformer", "window", v - 1, 1, 60),
-            ("transformer", "episode", v - 1, 0, 0),  # another context: ignored
-            ("transformer", "window", v - 2, 0, 0),  # older than its latest earlier version: ignored
-            ("lru", "window", v, 0, 10),  # no earlier version: no line
+    v = grid.CODE_VERSION  # the LRU: none of its earlier versions counts as current (`UNCHANGED`)
+    assert "lru" not in grid.UNCHANGED[v - 1]
+    rows = [("lru", "window", v, 0, 70), ("lru", "window", v, 1, 40),
+            ("lru", "window", v - 1, 0, 50), ("lru", "window", v - 1, 1, 60),
+            ("lru", "episode", v - 1, 0, 0),  # another context: ignored
+            ("lru", "window", v - 3, 0, 0),  # older than its latest earlier version: ignored
+            ("minlstm-return-ln", "window", v, 0, 10),  # no earlier version: no line
             ("d3rlpy-dt", "window", v - 1, 0, 80), ("d3rlpy-dt", "window", v, 0, 90)]  # not ours: no line
     frame = pd.DataFrame(rows, columns=["agent", "context", "version", "seed", "score"]).assign(dataset="hopper-medium")
     (line,) = grid.against_previous(frame)
-    assert line.startswith(f"- transformer now (v{v}) − transformer v{v - 1}: hopper-medium +0.0 (n=2)")  # (20-20)/2
+    assert line.startswith(f"- lru now (v{v}) − lru v{v - 1}: hopper-medium +0.0 (n=2)")  # (20-20)/2
     assert "higher in 1 of 2 seed pairs" in line
 
 
@@ -118,19 +122,22 @@ def test_sync_readme_replaces_each_block_with_its_file_and_keeps_the_rest(tmp_pa
 def test_cells_are_keyed_by_context_and_only_the_current_defaults_are_reported(grid):
     v = grid.CODE_VERSION
     frame = pd.DataFrame([{"agent": "mingru", "context": c, "version": v} for c in ("episode", "window", "stream")]
-                         + [{"agent": "transformer", "context": "window", "version": v - 1},  # older code: record
-                            {"agent": "transformer", "context": "window", "version": v},
+                         + [{"agent": "lru", "context": "window", "version": v - 1},  # older code: record
+                            {"agent": "lru", "context": "window", "version": v},
                             {"agent": "d3rlpy-dt", "context": "window", "version": 1}])  # not our code: any version
     from decision_rnn.config import default_context
 
     kept = grid.current(frame)
     assert [(r.agent, r.context) for r in kept.itertuples()] == [
-        ("mingru", default_context("mingru")), ("transformer", "window"), ("d3rlpy-dt", "window")]
+        ("mingru", default_context("mingru")), ("lru", "window"), ("d3rlpy-dt", "window")]
     assert list(kept.version)[:2] == [v, v]
     assert grid.agent_context("d3rlpy-dt") == "window"
-    for old, agents in grid.UNCHANGED.items():  # their runs of `old` count as current, the others' do not
+    for old in grid.UNCHANGED:  # a run of `old` counts as current if no later version changed its agent
         frame = pd.DataFrame([{"agent": a, "context": grid.agent_context(a), "version": old} for a in grid.AGENTS])
-        assert set(grid.current(frame).agent) == set(agents) | {"d3rlpy-dt"}
+        unchanged = set(grid.AGENTS).intersection(*(grid.UNCHANGED[u] for u in range(old, v)))
+        assert set(grid.current(frame).agent) == unchanged | {"d3rlpy-dt"}
+    assert "lru" in grid.UNCHANGED[v - 2] and "lru" not in set(grid.current(pd.DataFrame(
+        [{"agent": "lru", "context": "window", "version": v - 2}])).agent)  # v4 = v5 for the LRU, not v6
 
 
 def test_context_report_counts_each_run_once_grid_first(grid, tmp_path):
@@ -228,25 +235,43 @@ def test_sweep_means_average_each_runs_last_checkpoint_over_all_four_targets(gri
 def test_adopted_ablation_variants_train_what_their_grid_agent_trains_in_the_adopting_version(grid):
     from dataclasses import replace
 
+    import torch
+
     from decision_rnn import ModelConfig
+    from decision_rnn.models.agent import DecisionRNN
 
     spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
-    adopted_now = [(variant, flavour) for (variant, _), (version, flavour) in grid.ADOPTED.items()
+    adopted_now = [(variant, base, flavour) for (variant, _), (version, base, flavour) in grid.ADOPTED.items()
                    if version == grid.CODE_VERSION]
-    assert adopted_now or grid.CODE_VERSION > max(version for version, _ in grid.ADOPTED.values())
-    for variant, flavour in adopted_now:
-        model_options, train_options = ablation.VARIANTS[variant]
-        for backbone in ("mingru", "minlstm"):
-            agent = backbone + flavour
-            assert agent in grid.AGENTS
-            _, tokens, options = grid.agent_spec(agent)
-            # the ablation trains tokens="compact" unless the variant says otherwise (recipe_ablation.main)
-            as_trained = ModelConfig(obs_dim=11, act_dim=3, **{"tokens": "compact", **model_options})
-            assert as_trained == ModelConfig(obs_dim=11, act_dim=3, tokens=tokens, **options)
-        cpu = grid.PROTOCOLS["cpu"]
-        assert replace(cpu, **train_options) == cpu
+    assert adopted_now or grid.CODE_VERSION > max(version for version, *_ in grid.ADOPTED.values())
+    cpu = grid.PROTOCOLS["cpu"]
+    for variant, base, flavour in adopted_now:
+        for backbone in ("lru",) if variant.startswith("lru-") else ("mingru", "minlstm"):
+            assert backbone + flavour in grid.AGENTS or backbone + base in grid.AGENTS
+            # what the ablation trains: the variant on the base agent (tokens="compact" unless it says otherwise)
+            _, tokens, model_options, train_options = ablation.variant_spec(backbone + base, variant)
+            as_trained = ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, tokens=tokens, **model_options)
+            _, tokens, options, grid_train_options = grid.agent_spec(backbone + flavour)
+            in_grid = ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, tokens=tokens, **options)
+            weights = []
+            for config in (as_trained, in_grid):  # the same initial weights: the same training from a seed
+                torch.manual_seed(0)
+                weights.append(DecisionRNN(config).state_dict())
+            assert weights[0].keys() == weights[1].keys()
+            assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+            assert replace(cpu, **train_options) == replace(cpu, **grid_train_options)
+
+
+def test_adoption_takes_only_runs_of_the_variant_on_its_base_flavour(grid, monkeypatch):
+    monkeypatch.setattr(grid, "load_env_id", lambda ids: "Walker2d-v5")
+    runs = [("constant-lr", "minlstm-return-ln"), ("constant-lr", "minlstm"), ("return-ln", "minlstm-return-ln")]
+    ablation = pd.DataFrame([{"dataset": "walker2d-mixed", "agent": agent, "seed": 0, "variant": variant,
+                              "version": 5, "kind": "curve", "x": 3000, "score": 50.0} for variant, agent in runs])
+    rows, curves = grid.adopted_runs(ablation)
+    assert [(r["agent"], r["version"]) for r in rows] == [("minlstm-return-ln-constant-lr", 6)]
+    assert curves[0]["agent"] == "minlstm-return-ln-constant-lr" and "constant-lr v5" in curves[0]["source"]
 
 
 def test_ablation_variants_change_their_grid_agent(grid):
@@ -257,13 +282,21 @@ def test_ablation_variants_change_their_grid_agent(grid):
                                                                       {"lr": 3e-4})
     assert ablation.variant_spec("mingru", "tokens-split") == ("mingru", "split", {}, {})
     assert ablation.variant_spec("mingru-interleaved", "relu") == ("mingru", "interleaved", {"activation": "relu"}, {})
+    assert ablation.variant_spec("lru", "lru-r-min-0") == ("lru", "compact", {"backbone_options": {"r_min": 0.0}}, {})
+    with pytest.raises(ValueError, match="no LRU backbone"):
+        ablation.variant_spec("mingru", "lru-r-min-0")
+    # a flavour's own training options stay unless the variant changes them
+    assert ablation.variant_spec("minlstm-return-ln-constant-lr", "lr-3e-4")[3] == {"lr_decay": "none", "lr": 3e-4}
 
 
 def test_agent_names_split_into_backbone_and_flavour_and_back(grid):
     assert grid.split_agent("mingru") == ("mingru", "")
-    assert grid.agent_spec("mingru") == ("mingru", "compact", {})
-    assert grid.agent_spec("mingru-interleaved") == ("mingru", "interleaved", {})
-    assert grid.agent_spec("minlstm-return-ln") == ("minlstm", "compact", {"return_ln": True})
+    assert grid.agent_spec("mingru") == ("mingru", "compact", {}, {})
+    assert grid.agent_spec("mingru-interleaved") == ("mingru", "interleaved", {}, {})
+    assert grid.agent_spec("minlstm-return-ln") == ("minlstm", "compact", {"return_ln": True}, {})
+    assert grid.split_agent("minlstm-return-ln-constant-lr") == ("minlstm", "-return-ln-constant-lr")
+    assert grid.agent_spec("minlstm-return-ln-constant-lr") == ("minlstm", "compact", {"return_ln": True},
+                                                                {"lr_decay": "none"})
     for agent in grid.AGENTS[:-1]:  # all but d3rlpy's
         assert "".join(grid.split_agent(agent)) == agent
         assert grid.split_agent(agent)[0] in ("mingru", "minlstm", "lru", "transformer")
@@ -272,7 +305,7 @@ def test_agent_names_split_into_backbone_and_flavour_and_back(grid):
 
 def test_adopted_runs_become_grid_runs_of_the_adopting_version(grid, monkeypatch):
     monkeypatch.setattr(grid, "load_env_id", lambda ids: "Hopper-v5")
-    (variant, version), (grid_version, flavour) = list(grid.ADOPTED.items())[1]  # tokens-interleaved
+    (variant, version), (grid_version, _, flavour) = list(grid.ADOPTED.items())[1]  # tokens-interleaved
     run = {"dataset": "hopper-medium", "agent": "mingru", "seed": 1}
     frame = pd.DataFrame([{**run, "variant": variant, "version": version, "kind": "curve", "x": x, "score": s}
                           for x, s in [(1000.0, 10.0), (3000.0, 30.0), (2000.0, 20.0)]]
