@@ -53,6 +53,8 @@ they change nothing: their rows are v2's. Under v3 their converses take one of t
 - `lru-r-min-0` (stop 22, LRU only): the LRU's ring init from |lambda| in [0, 0.999] instead of [0.9, 0.999]
   (the paper's Appendix A code defaults to r_min = 0). From 0.9 up every channel averages over 10 steps or
   more, half a training window: does the LRU, below our transformer on Hopper, need channels that forget fast?
+  Code v6 made it the LRU's default: under v6 it changes nothing (its v5 runs are the grid's v6 LRU runs).
+  LRU-only variants are skipped for other agents when several variants are asked for, refused when only one.
 Code v4 made `d3rlpy-model` the default (ReLU and N(0, 0.02) init in decision_rnn/config.py, clip 0.25 / 3
 in the CPU protocol) and the grid adopted its v3 runs (`results_grid.py --adopt`); under v4 it and its
 parts (`relu`, `gpt2-init`, `timestep-init-0.02`, `grad-clip-0.083`) change nothing.
@@ -127,8 +129,9 @@ def main():
         raise SystemExit(f"no grid run for {key}: run experiments/results_grid.py for it first")
     rows = [{"variant": f"grid run ({r.pop('context')} context)", **r}
             for r in base[["kind", "x", "score", "context", "version"]].to_dict("records")]
-    for name in args.variants:
-        backbone, tokens, model_options, train_options = variant_spec(args.agent, name)
+    specs = {name: variant_spec(args.agent, name) for name in args.variants  # refuse before training any
+             if not (name.startswith("lru-") and len(args.variants) > 1 and agent_spec(args.agent)[0] != "lru")}
+    for name, (backbone, tokens, model_options, train_options) in specs.items():
         out = ROOT / "runs" / "recipe_ablation" / args.dataset / f"{args.agent}-s{args.seed}-{name}"
         final = train_and_evaluate(DATASETS[args.dataset], backbone, out, tokens=tokens, seed=args.seed,
                                    episodes=args.episodes, model_options=model_options, train_options=train_options)

@@ -252,6 +252,8 @@ def adopted_runs(ablation: pd.DataFrame, episodes: int = 10) -> tuple[list[dict]
             source = f"recipe_ablation {variant} v{version}"
             log = ROOT / "runs" / "recipe_ablation" / name / f"{changed}-s{seed}-{variant}"
             agent = split_agent(changed)[0] + flavour
+            if agent not in AGENTS:  # e.g. `constant-lr` on mingru-return-ln: no grid agent trains that
+                continue
             rows.append({"dataset": name, "agent": agent, "seed": seed,
                          "datasets": "+".join(d.split("/")[-1].removesuffix("-v0") for d in DATASETS[name]),
                          "env_id": load_env_id(DATASETS[name]), "tokens": FLAVOURS[flavour][0], "context": "window",

@@ -213,9 +213,10 @@ class TestLRU(BackboneContract):
     def test_ring_init_puts_every_eigenvalue_on_the_ring(self, ring):
         """|lambda| in [r_min, r_max] (default [0, 0.999]), filling it; gamma = sqrt(1 - |lambda|^2)."""
         r_min, r_max = ring.get("r_min", 0.0), ring.get("r_max", 0.999)
+        torch.manual_seed(0)
         mixer = build("lru", 64, 1, **ring).double().blocks[0].mixer
         modulus = torch.hypot(*mixer._lambda())
-        assert modulus.min() >= r_min - 1e-12 and modulus.max() <= r_max + 1e-12
+        assert modulus.min() >= r_min - 1e-6 and modulus.max() <= r_max + 1e-6  # float32 parameters
         assert modulus.max() - modulus.min() > 0.5 * (r_max - r_min)  # 128 draws spread over the ring
         assert torch.allclose(mixer.gamma_log.exp(), (1 - modulus**2).sqrt())
 

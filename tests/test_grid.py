@@ -248,8 +248,10 @@ def test_adopted_ablation_variants_train_what_their_grid_agent_trains_in_the_ado
     assert adopted_now or grid.CODE_VERSION > max(version for version, *_ in grid.ADOPTED.values())
     cpu = grid.PROTOCOLS["cpu"]
     for variant, base, flavour in adopted_now:
-        for backbone in ("lru",) if variant.startswith("lru-") else ("mingru", "minlstm"):
-            assert backbone + flavour in grid.AGENTS or backbone + base in grid.AGENTS
+        backbones = [b for b in ("mingru", "minlstm", "lru") if b + flavour in grid.AGENTS
+                     and (b == "lru") == variant.startswith("lru-")]
+        assert backbones, f"{variant}: no grid agent adopts it"
+        for backbone in backbones:
             # what the ablation trains: the variant on the base agent (tokens="compact" unless it says otherwise)
             _, tokens, model_options, train_options = ablation.variant_spec(backbone + base, variant)
             as_trained = ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, tokens=tokens, **model_options)
@@ -266,7 +268,8 @@ def test_adopted_ablation_variants_train_what_their_grid_agent_trains_in_the_ado
 
 def test_adoption_takes_only_runs_of_the_variant_on_its_base_flavour(grid, monkeypatch):
     monkeypatch.setattr(grid, "load_env_id", lambda ids: "Walker2d-v5")
-    runs = [("constant-lr", "minlstm-return-ln"), ("constant-lr", "minlstm"), ("return-ln", "minlstm-return-ln")]
+    runs = [("constant-lr", "minlstm-return-ln"), ("constant-lr", "minlstm"), ("return-ln", "minlstm-return-ln"),
+            ("constant-lr", "mingru-return-ln")]  # no grid agent is mingru-return-ln-constant-lr
     ablation = pd.DataFrame([{"dataset": "walker2d-mixed", "agent": agent, "seed": 0, "variant": variant,
                               "version": 5, "kind": "curve", "x": 3000, "score": 50.0} for variant, agent in runs])
     rows, curves = grid.adopted_runs(ablation)

@@ -29,7 +29,7 @@ class LRUMixer(nn.Module):
     def __init__(self, dim: int, state_dim: int, r_min: float, r_max: float, max_phase: float):
         super().__init__()
         self.state_dim = state_dim
-        u1, u2 = torch.rand(state_dim), torch.rand(state_dim)
+        u1, u2 = torch.rand(state_dim).clamp_min(1e-12), torch.rand(state_dim)  # u1 = 0 and r_min = 0: log(0)
         nu_log = torch.log(-0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2))
         self.nu_log = nn.Parameter(nu_log)  # (N,)
         self.theta_log = nn.Parameter(torch.log(max_phase * u2))  # (N,)
