@@ -97,11 +97,16 @@ VARIANTS = {
 }
 
 
+def applies(agent: str, variant: str) -> bool:
+    """Whether `variant` can change grid `agent`: the `lru-` variants change LRU options only."""
+    return not variant.startswith("lru-") or agent_spec(agent)[0] == "lru"
+
+
 def variant_spec(agent: str, variant: str) -> tuple[str, str, dict, dict]:
     """(backbone, tokens, ModelConfig options, TrainConfig options) of `variant` applied to grid `agent`: the
     agent's flavour (tokens, options) with the variant's changes on top."""
     backbone, tokens, model_options, train_options = agent_spec(agent)
-    if variant.startswith("lru-") and backbone != "lru":
+    if not applies(agent, variant):
         raise ValueError(f"variant {variant!r} changes the LRU's options; agent {agent!r} has no LRU backbone")
     model_options = {**model_options, **VARIANTS[variant][0]}
     return backbone, model_options.pop("tokens", tokens), model_options, {**train_options, **VARIANTS[variant][1]}
@@ -130,7 +135,7 @@ def main():
     rows = [{"variant": f"grid run ({r.pop('context')} context)", **r}
             for r in base[["kind", "x", "score", "context", "version"]].to_dict("records")]
     specs = {name: variant_spec(args.agent, name) for name in args.variants  # refuse before training any
-             if not (name.startswith("lru-") and len(args.variants) > 1 and agent_spec(args.agent)[0] != "lru")}
+             if applies(args.agent, name) or len(args.variants) == 1}
     for name, (backbone, tokens, model_options, train_options) in specs.items():
         out = ROOT / "runs" / "recipe_ablation" / args.dataset / f"{args.agent}-s{args.seed}-{name}"
         final = train_and_evaluate(DATASETS[args.dataset], backbone, out, tokens=tokens, seed=args.seed,

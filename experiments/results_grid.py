@@ -62,8 +62,6 @@ the rate kept at its peak after the warm-up as DT and d3rlpy do, instead of the 
 CORE = ["mingru", "minlstm", "lru", "d3rlpy-dt"]
 """The agents the goal check needs on a dataset; the others (our transformer among them) join it once they
 have every dataset it judges."""
-RECURRENT = ("mingru", "minlstm", "lru", "mingru-interleaved", "mingru-return-ln", "minlstm-return-ln",
-             "minlstm-return-ln-constant-lr")
 SWEEP = (0.5, 0.75, 1.25)  # x DT's target return; 1.0 is the run's main score
 
 
@@ -101,6 +99,10 @@ def split_agent(agent: str) -> tuple[str, str]:
         if suffix and agent.endswith(suffix):
             return agent.removesuffix(suffix), suffix
     return agent, ""
+
+
+RECURRENT = tuple(a for a in AGENTS if a != "d3rlpy-dt" and split_agent(a)[0] != "transformer")
+"""Our recurrent agents: every grid agent but our transformer and d3rlpy's DT."""
 
 
 def agent_spec(agent: str) -> tuple[str, str, dict, dict]:
