@@ -37,6 +37,7 @@ from protocol import PROTOCOLS, protocol_config, train_and_evaluate, training_se
 from decision_rnn.config import default_context
 from decision_rnn.data import load_dataset
 from decision_rnn.evaluation import default_target_return, evaluate_run
+from decision_rnn.evaluation.aggregate import aggregate, improvement_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {
@@ -386,7 +387,7 @@ def write_report(frame, protocol):
     lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
              f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes (over the runs that "
              f"recorded it: the `d3rlpy-model` runs adopted from the recipe ablation did not). Context: {contexts}.",
-             "", *table, "", *goal_check(stats, agents), "",
+             "", *table, "", *goal_check(stats, agents), "", *intervals(now, agents), "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
              *pairs(now), *against_previous(frame),
              "", noise(now, stats)]
@@ -454,6 +455,30 @@ def goal_check(stats, agents):
     if "transformer" not in agents:
         lines.append(f"- our transformer: no runs of the current code version (v{CODE_VERSION}) yet, so no "
                      "comparison with it here; its earlier runs are in the record below")
+    return lines
+
+
+def intervals(frame: pd.DataFrame, agents: list[str]) -> list[str]:
+    """Each agent with every dataset: its mean over datasets, the IQM of its runs and its probability of
+    improvement over d3rlpy's DT and our transformer, with 95% stratified-bootstrap intervals."""
+    runs = {a: {d: g.score.to_numpy() for d, g in frame[frame.agent == a].groupby("dataset")} for a in agents}
+    full = [a for a in agents if set(runs[a]) == set(frame.dataset)]
+    if not full:
+        return []
+    rivals = [b for b in ("d3rlpy-dt", "transformer") if b in full]
+    lines = [f"Across all {frame.dataset.nunique()} datasets with 95% intervals (stratified bootstrap: seeds "
+             "resampled within each dataset, 10,000 times; Agarwal et al. 2021, `decision_rnn.evaluation.aggregate`). "
+             "IQM: the mean of the middle half of all runs, which one collapsed seed moves less. P(X > Y): the "
+             "chance that a run of X beats a run of Y on the same dataset, averaged over datasets; an interval "
+             "that holds 0.5 means the two are not told apart at this many seeds.", "",
+             "| agent | runs | mean over datasets | IQM | " + " | ".join(f"P(> {b})" for b in rivals) + " |",
+             "|---|---|---|---|" + "---|" * len(rivals)]
+    for a in full:
+        summary = aggregate(runs[a])
+        cells = [f"{p:.1f} [{lo:.1f}, {hi:.1f}]" for p, lo, hi in (summary["mean"], summary["iqm"])]
+        cells += ["—" if a == b else "{:.2f} [{:.2f}, {:.2f}]".format(*improvement_interval(runs[a], runs[b]))
+                  for b in rivals]
+        lines.append(f"| {a} | {sum(map(len, runs[a].values()))} | " + " | ".join(cells) + " |")
     return lines
 
 

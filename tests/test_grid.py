@@ -77,6 +77,21 @@ def test_an_extra_agent_joins_the_goal_check_only_with_every_dataset(grid):
     assert "provisional: fewer than 3 seeds for mingru on x, y; minlstm on x, y" in lines  # 1 seed per cell
 
 
+def test_intervals_cover_the_agents_with_every_dataset_against_both_baselines(grid):
+    rows = [(d, a, seed, score) for d in ("x", "y") for seed in range(3)
+            for a, score in [("mingru", 90 + seed), ("d3rlpy-dt", 10 + seed), ("transformer", 50 + seed)]]
+    rows.append(("x", "lru", 0, 70))  # lacks y: left out
+    frame = pd.DataFrame(rows, columns=["dataset", "agent", "seed", "score"])
+    lines = grid.intervals(frame, ["mingru", "lru", "transformer", "d3rlpy-dt"])
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0] == "| agent | runs | mean over datasets | IQM | P(> d3rlpy-dt) | P(> transformer) |"
+    # every run of mingru beats every run of both: certain, whatever the resample
+    assert table[1].startswith("| mingru | 6 | 91.0 [90.") and table[1].count(" 91.0 [90.") == 2
+    assert table[1].endswith("| 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] |")
+    assert table[2].startswith("| transformer | 6 | 51.0") and table[2].endswith("| 1.00 [1.00, 1.00] | — |")
+    assert table[3].endswith("| — | 0.00 [0.00, 0.00] |") and not any("| lru |" in line for line in table)
+
+
 def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
     rows = [("hopper-medium", "mingru", 0, 60), ("hopper-medium", "mingru", 1, 50), ("hopper-medium", "mingru", 2, 40),
             ("hopper-medium", "d3rlpy-dt", 0, 50), ("hopper-medium", "d3rlpy-dt", 2, 50),  # no seed 1
