@@ -383,11 +383,12 @@ def write_report(frame, protocol):
     now = current(frame).assign(column=lambda f: f.agent)
     agents = [a for a in AGENTS if a in set(now.agent)]
     table, stats = score_table(now, agents)
+    summary = [*goal_check(stats, agents), "", *intervals(now, agents)]
     contexts = ", ".join(f"{a} {agent_context(a)}" for a in agents)
     lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
              f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes (over the runs that "
              f"recorded it: the `d3rlpy-model` runs adopted from the recipe ablation did not). Context: {contexts}.",
-             "", *table, "", *goal_check(stats, agents), "", *intervals(now, agents), "",
+             "", *table, "", *summary, "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
              *pairs(now), *against_previous(frame),
              "", noise(now, stats)]
@@ -409,7 +410,7 @@ def write_report(frame, protocol):
                   *score_table(earlier, columns)[0]]
     (ROOT / "results" / f"grid_{protocol}.md").write_text("\n".join(lines) + "\n")
     (ROOT / "results" / f"grid_{protocol}_goals.md").write_text(  # the README's summary at the top
-        f"# Goal check, protocol `{protocol}`\n\n" + "\n".join(goal_check(stats, agents)) + "\n")
+        f"# Goal check, protocol `{protocol}`\n\n" + "\n".join(summary) + "\n")
     print("\n".join(lines))
 
 
