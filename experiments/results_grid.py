@@ -511,10 +511,24 @@ def against_previous(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def base_agent(agent: str) -> str | None:
+    """The agent a flavoured agent changes: its backbone with the longest other flavour its own extends
+    (`minlstm-return-ln-constant-lr` -> `minlstm-return-ln`, `mingru-interleaved` -> `mingru`); None for
+    a plain backbone."""
+    backbone, flavour = split_agent(agent)
+    if not flavour:
+        return None
+    return backbone + max((f for f in FLAVOURS if f != flavour and flavour.startswith(f)), key=len)
+
+
 def pairs(frame: pd.DataFrame) -> list[str]:
-    """Each recurrent agent paired with d3rlpy's DT, then with our transformer."""
-    return [line for b in ("d3rlpy-dt", "transformer") for a in RECURRENT if a in set(frame.agent)
-            for line in paired(frame, a, b)]
+    """Each recurrent agent paired with d3rlpy's DT, then with our transformer, then each flavoured agent with
+    the agent it changes (what the flavour buys)."""
+    present = set(frame.agent)
+    return ([line for b in ("d3rlpy-dt", "transformer") for a in RECURRENT if a in present
+             for line in paired(frame, a, b)]
+            + [line for a in RECURRENT if a in present and base_agent(a) in present
+               for line in paired(frame, a, base_agent(a))])
 
 
 def paired(frame: pd.DataFrame, a: str, b: str) -> list[str]:

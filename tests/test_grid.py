@@ -92,6 +92,17 @@ def test_intervals_cover_the_agents_with_every_dataset_against_both_baselines(gr
     assert table[3].endswith("| — | 0.00 [0.00, 0.00] |") and not any("| lru |" in line for line in table)
 
 
+def test_flavoured_agents_pair_with_the_agent_they_change(grid):
+    assert grid.base_agent("minlstm-return-ln-constant-lr") == "minlstm-return-ln"
+    assert grid.base_agent("mingru-interleaved") == "mingru" and grid.base_agent("lru") is None
+    frame = pd.DataFrame([("hopper-medium", a, 0, score) for a, score in [("minlstm", 50), ("minlstm-return-ln", 60),
+                                                               ("minlstm-return-ln-constant-lr", 40)]],
+                         columns=["dataset", "agent", "seed", "score"])
+    lines = grid.pairs(frame)
+    assert "- minlstm-return-ln − minlstm: hopper-medium +10.0 (n=1)" in "\n".join(lines)
+    assert "- minlstm-return-ln-constant-lr − minlstm-return-ln: hopper-medium -20.0 (n=1)" in "\n".join(lines)
+
+
 def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
     rows = [("hopper-medium", "mingru", 0, 60), ("hopper-medium", "mingru", 1, 50), ("hopper-medium", "mingru", 2, 40),
             ("hopper-medium", "d3rlpy-dt", 0, 50), ("hopper-medium", "d3rlpy-dt", 2, 50),  # no seed 1
