@@ -49,17 +49,19 @@ DATASETS = {
     "walker2d-medium-expert": ["zoo/walker2d/medium-v0", "zoo/walker2d/expert-v0"],
 }
 AGENTS = ["mingru", "minlstm", "lru", "transformer", "mingru-interleaved", "mingru-return-ln", "minlstm-return-ln",
-          "minlstm-return-ln-constant-lr", "d3rlpy-dt"]
+          "minlstm-return-ln-constant-lr", "lru-constant-lr", "d3rlpy-dt"]
 """Our agents are a backbone and a flavour (`FLAVOURS`); d3rlpy-dt: d3rlpy's DecisionTransformer."""
 FLAVOURS = {"": ("compact", {}, {}), "-interleaved": ("interleaved", {}, {}),
             "-return-ln": ("compact", {"return_ln": True}, {}),
-            "-return-ln-constant-lr": ("compact", {"return_ln": True}, {"lr_decay": "none"})}
+            "-return-ln-constant-lr": ("compact", {"return_ln": True}, {"lr_decay": "none"}),
+            "-constant-lr": ("compact", {}, {"lr_decay": "none"})}
 """Agent-name suffix -> (tokens, ModelConfig options, TrainConfig options over the protocol's). "" (no
 suffix): compact tokens. `-interleaved`: DT's (return, state, action) tokens (recipe_ablation.py's
 `tokens-interleaved` fixed minGRU's hopper-mixed cells, at ~2x the training time). `-return-ln`: compact
 tokens with the return embedding LayerNormed alone (`return-ln` there). `-return-ln-constant-lr`: that, with
 the rate kept at its peak after the warm-up as DT and d3rlpy do, instead of the CPU protocol's cosine decay
-(`constant-lr` on `minlstm-return-ln` turned walker2d-mixed's fallen seed into a walking one)."""
+(`constant-lr` on `minlstm-return-ln` turned walker2d-mixed's fallen seed into a walking one). `-constant-lr`:
+the same rate on compact tokens (on the LRU it made one of walker2d-mixed's two fallen seeds walk)."""
 CORE = ["mingru", "minlstm", "lru", "d3rlpy-dt"]
 """The agents the goal check needs on a dataset; the others (our transformer among them) join it once they
 have every dataset it judges."""
@@ -84,13 +86,14 @@ v6 only the LRU): such a run counts as the next version's too, and so on up the 
 
 ADOPTED = {("d3rlpy-model", 3): (4, "", ""), ("tokens-interleaved", 4): (4, "", "-interleaved"),
            ("return-ln", 5): (5, "", "-return-ln"), ("lru-r-min-0", 5): (6, "", ""),
-           ("constant-lr", 5): (6, "-return-ln", "-return-ln-constant-lr")}
+           ("constant-lr", 5): (6, "-return-ln", "-return-ln-constant-lr"), ("constant-lr", 6): (6, "", "-constant-lr")}
 """Recipe-ablation runs, by (variant, code version), that trained exactly what a grid agent of a grid version
 trains, -> (that version, the flavour of the agent the variant changed, the grid agent's flavour): v4 made
 `d3rlpy-model`'s options the defaults (a 40-update run at the ablation's commit and at v4's gave identical
 weights); `tokens-interleaved` v4 on a plain agent is what the `-interleaved` agents train, `return-ln` v5 what
 the `-return-ln` ones do, `lru-r-min-0` v5 what v6's LRU does, `constant-lr` v5 on a `-return-ln` agent what
-the `-return-ln-constant-lr` ones do (tests/test_grid.py checks them). `--adopt` copies them into the
+the `-return-ln-constant-lr` ones do, and v6 on a plain agent what `-constant-lr` does (tests/test_grid.py
+checks them). `--adopt` copies them into the
 grid as that version's runs of that agent, marked in `source` (window context, as the grid's)."""
 
 

@@ -275,7 +275,7 @@ def test_adopted_ablation_variants_train_what_their_grid_agent_trains_in_the_ado
     cpu = grid.PROTOCOLS["cpu"]
     for variant, base, flavour in adopted_now:
         backbones = [b for b in ("mingru", "minlstm", "lru") if b + flavour in grid.AGENTS
-                     and (b == "lru") == variant.startswith("lru-")]
+                     and ablation.applies(b + base, variant)]
         assert backbones, f"{variant}: no grid agent adopts it"
         for backbone in backbones:
             # what the ablation trains: the variant on the base agent (tokens="compact" unless it says otherwise)
