@@ -13,6 +13,8 @@ paper's remedies, computed here:
 rliable, the paper's library, computes the same; it is not a dependency because its `arch` requirement
 does not import under pandas 3 (arch 7.2) or rejects rliable's `random_state` argument (arch 8.0).
 Scores are given per dataset as 1-D arrays of runs; datasets may have different numbers of runs.
+With few runs per dataset the percentile intervals come out too narrow rather than too wide: a
+resample can only hold values the runs took.
 """
 
 from __future__ import annotations
