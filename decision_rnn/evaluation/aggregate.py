@@ -39,9 +39,13 @@ def iqm(scores: np.ndarray, axis: int = -1) -> np.ndarray:
 def probability_of_improvement(x: Scores, y: Scores) -> float:
     """P(X > Y): over the datasets both have, the fraction of (run of X, run of Y) pairs where X's run scores
     higher, ties counting half; averaged over datasets."""
-    common = _common(x, y)
-    x, y = _check({d: x[d] for d in common}), _check({d: y[d] for d in common})
-    return float(np.mean([_u_statistic(x[d][None], y[d][None])[0] for d in common]))
+    x, y = _overlap(x, y)
+    return float(_improvement(_as_one(x), _as_one(y))[0])
+
+
+def _improvement(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> np.ndarray:
+    """{dataset: (reps, n)} twice -> (reps,): P(X > Y) averaged over datasets."""
+    return np.mean([_u_statistic(x[d], y[d]) for d in x], axis=0)
 
 
 def _u_statistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -50,11 +54,12 @@ def _u_statistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return ((diff > 0) + 0.5 * (diff == 0)).mean(axis=(1, 2))
 
 
-def _common(x: Scores, y: Scores) -> list[str]:
+def _overlap(x: Scores, y: Scores) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`x` and `y` on the datasets both have, checked."""
     common = [d for d in x if d in y]
     if not common:
         raise ValueError(f"no dataset in common: {sorted(x)} against {sorted(y)}")
-    return common
+    return _check({d: x[d] for d in common}), _check({d: y[d] for d in common})
 
 
 def _check(scores: Scores) -> dict[str, np.ndarray]:
@@ -69,6 +74,11 @@ def _check(scores: Scores) -> dict[str, np.ndarray]:
     if not checked:
         raise ValueError("no dataset given")
     return checked
+
+
+def _as_one(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The data itself as a single resample: {dataset: (1, n)}."""
+    return {d: v[None] for d, v in scores.items()}
 
 
 def _resample(scores: dict[str, np.ndarray], reps: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -92,9 +102,8 @@ def bootstrap_interval(scores: Scores, statistic: Callable[[dict[str, np.ndarray
 
     `statistic` takes {dataset: (reps, n) runs} and returns (reps,); it sees the data itself as reps=1."""
     checked = _check(scores)
-    point = float(statistic({d: v[None] for d, v in checked.items()})[0])
     samples = statistic(_resample(checked, reps, np.random.default_rng(seed)))
-    return (point, *_interval(samples, level))
+    return (float(statistic(_as_one(checked))[0]), *_interval(samples, level))
 
 
 def _mean_over_datasets(runs: dict[str, np.ndarray]) -> np.ndarray:
@@ -107,19 +116,18 @@ def _pooled_iqm(runs: dict[str, np.ndarray]) -> np.ndarray:
 
 def aggregate(scores: Scores, *, reps: int = 10_000, level: float = 0.95, seed: int = 0) -> dict[str, Interval]:
     """{"mean": the mean over datasets, "iqm": the IQM of all runs}, each with its stratified-bootstrap
-    interval."""
-    return {"mean": bootstrap_interval(scores, _mean_over_datasets, reps=reps, level=level, seed=seed),
-            "iqm": bootstrap_interval(scores, _pooled_iqm, reps=reps, level=level, seed=seed)}
+    interval (both from the same resamples)."""
+    checked = _check(scores)
+    resampled = _resample(checked, reps, np.random.default_rng(seed))
+    return {name: (float(statistic(_as_one(checked))[0]), *_interval(statistic(resampled), level))
+            for name, statistic in (("mean", _mean_over_datasets), ("iqm", _pooled_iqm))}
 
 
 def improvement_interval(x: Scores, y: Scores, *, reps: int = 10_000, level: float = 0.95,
                          seed: int = 0) -> Interval:
     """P(X > Y) over the datasets both have, with an interval from resampling X's and Y's runs
     independently within each dataset."""
-    point = probability_of_improvement(x, y)
-    common = _common(x, y)
-    x, y = _check({d: x[d] for d in common}), _check({d: y[d] for d in common})
+    x, y = _overlap(x, y)
     rng = np.random.default_rng(seed)
-    xb, yb = _resample(x, reps, rng), _resample(y, reps, rng)
-    samples = np.mean([_u_statistic(xb[d], yb[d]) for d in common], axis=0)
-    return (point, *_interval(samples, level))
+    samples = _improvement(_resample(x, reps, rng), _resample(y, reps, rng))
+    return (float(_improvement(_as_one(x), _as_one(y))[0]), *_interval(samples, level))
