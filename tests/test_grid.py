@@ -390,3 +390,51 @@ def test_window_actor_acts_as_a_training_window_and_as_the_policy_within_k_steps
         np.testing.assert_allclose(policy.act(obs, reward), window.act(obs, reward), atol=1e-5)
         reward = rng.uniform(0, 5, 3).astype(np.float32)
     assert min(gaps[5:]) > 1e-4, gaps  # >= 2.4e-4 here, against <= 2e-7 within K
+
+
+@pytest.fixture(scope="module")
+def fall_anatomy(grid):
+    spec = importlib.util.spec_from_file_location("fall_anatomy", EXPERIMENTS / "fall_anatomy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fall_anatomy_first_actions_average_each_return_group_as_a_plain_loop(fall_anatomy, embedded):
+    import numpy as np
+
+    returns = np.asarray(embedded.episode_returns)
+    good, failed = np.quantile(returns, 0.75), np.quantile(returns, 0.25)
+    got = fall_anatomy.first_actions(embedded, good=good, failed=failed)
+    want = {"good": [], "failed": []}
+    for i in range(embedded.num_episodes):
+        first = embedded.actions[embedded.offsets[i]]
+        if returns[i] > good:
+            want["good"].append(first)
+        if returns[i] < failed:
+            want["failed"].append(first)
+    for name in want:
+        np.testing.assert_allclose(got[name], np.mean(want[name], axis=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="no good episode"):
+        fall_anatomy.first_actions(embedded, good=returns.max() + 1)
+
+
+def test_fall_anatomy_trace_records_height_and_actions_until_each_episode_ends(fall_anatomy, monkeypatch):
+    """An untrained policy falls well inside the traced steps: its rows turn NaN once its episode ends."""
+    import numpy as np
+    import torch
+
+    from decision_rnn import DecisionRNN, ModelConfig, Policy
+
+    monkeypatch.setattr(fall_anatomy, "EPISODES", 3)
+    torch.manual_seed(0)
+    model = DecisionRNN(ModelConfig(obs_dim=17, act_dim=6, backbone="mingru", embed_dim=16, n_layers=1))
+    heights, actions = fall_anatomy.trace(Policy(model), "Walker2d-v5", 5000.0)
+    assert heights.shape == (fall_anatomy.TRACE_STEPS, 3) and actions.shape == (fall_anatomy.TRACE_STEPS, 3, 6)
+    np.testing.assert_allclose(heights[0], 1.25, atol=0.01)  # Walker2d's torso starts at 1.25
+    ended = np.isnan(heights).any(axis=0)
+    assert ended.all(), "an untrained walker should fall within the traced steps"
+    for e in range(3):
+        alive = ~np.isnan(heights[:, e])
+        assert alive[: alive.sum()].all()  # recorded from step 0 until the episode ended, then NaN
+        assert np.isnan(actions[~alive, e]).all() and np.isfinite(actions[alive, e]).all()
