@@ -438,3 +438,18 @@ def test_fall_anatomy_trace_records_height_and_actions_until_each_episode_ends(f
         alive = ~np.isnan(heights[:, e])
         assert alive[: alive.sum()].all()  # recorded from step 0 until the episode ended, then NaN
         assert np.isnan(actions[~alive, e]).all() and np.isfinite(actions[alive, e]).all()
+
+
+def test_paper_protocol_is_dts_config_and_runs_a_grid_cell_end_to_end_on_cpu(grid, tmp_path):
+    """The GPU protocol has not been lent a GPU yet: its config is DT's, and its code path runs here, shortened."""
+    import numpy as np
+
+    from decision_rnn.data import EMBEDDED_DATASET
+
+    cfg = grid.protocol_config("paper")
+    assert (cfg.steps, cfg.lr, cfg.warmup_steps, cfg.lr_decay, cfg.grad_clip) == (100_000, 1e-4, 10_000, "none", 0.25)
+    assert grid.protocol_config("paper", steps=20).warmup_steps == 10_000  # only the CPU protocol rescales it
+    row = grid.train_and_evaluate([str(EMBEDDED_DATASET)], "mingru", tmp_path / "run", protocol="paper", steps=20,
+                                  episodes=2, tokens="compact")
+    assert (row["protocol"], row["updates"], row["episodes"], row["device"]) == ("paper", 20, 2, "cpu")
+    assert np.isfinite(row["score"]) and row["env_id"] == "Hopper-v5"
