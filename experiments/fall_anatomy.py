@@ -29,7 +29,7 @@ from decision_rnn.evaluation.rollout import default_target_return, make_envs, ro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import train_and_evaluate  # noqa: E402
-from results_grid import DATASETS, agent_spec, current, eval_seed  # noqa: E402
+from results_grid import AGENTS, DATASETS, agent_spec, current, eval_seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (1.0, 0.6, 0.2)  # x DT's target return
@@ -74,7 +74,7 @@ def trace(policy: Policy, env_id: str, target: float) -> tuple[np.ndarray, np.nd
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--agent", default="minlstm-return-ln")
+    p.add_argument("--agent", default="minlstm-return-ln", choices=[a for a in AGENTS if a != "d3rlpy-dt"])
     p.add_argument("--dataset", default="walker2d-mixed", choices=sorted(DATASETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--threads", type=int, default=1)
@@ -82,7 +82,10 @@ def main():
     torch.set_num_threads(args.threads)
     ids = DATASETS[args.dataset]
     backbone, tokens, model_options, train_options = agent_spec(args.agent)
-    grid = current(pd.read_csv(ROOT / "results" / "grid_cpu.csv"))
+    grid_csv = ROOT / "results" / "grid_cpu.csv"
+    if not grid_csv.exists():
+        raise SystemExit(f"no {grid_csv}: run experiments/results_grid.py first (this checks its runs)")
+    grid = current(pd.read_csv(grid_csv))
     grid = grid[(grid.dataset == args.dataset) & (grid.agent == args.agent)].set_index("seed").score
 
     runs, lines = {}, []

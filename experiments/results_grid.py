@@ -93,8 +93,8 @@ trains, -> (that version, the flavour of the agent the variant changed, the grid
 weights); `tokens-interleaved` v4 on a plain agent is what the `-interleaved` agents train, `return-ln` v5 what
 the `-return-ln` ones do, `lru-r-min-0` v5 what v6's LRU does, `constant-lr` v5 on a `-return-ln` agent what
 the `-return-ln-constant-lr` ones do, and v6 on a plain agent what `-constant-lr` does (tests/test_grid.py
-checks them). `--adopt` copies them into the
-grid as that version's runs of that agent, marked in `source` (window context, as the grid's)."""
+checks them). `--adopt` copies them into the grid as that version's runs of that agent, marked in `source`
+(window context, as the grid's)."""
 
 
 def split_agent(agent: str) -> tuple[str, str]:
@@ -394,7 +394,7 @@ def write_report(frame, protocol):
              "", *table, "", *summary, "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
              *pairs(now), *against_previous(frame),
-             "", noise(now, stats)]
+             "", noise(now, stats), *later_seeds(now)]
     curves_path = ROOT / "results" / f"grid_{protocol}_curves.csv"
     swept = sweep_means(now, pd.read_csv(curves_path)) if curves_path.exists() else now.iloc[:0]
     if len(swept):
@@ -493,6 +493,22 @@ def noise(frame: pd.DataFrame, stats: pd.DataFrame) -> str:
     across = f"{seeds.median():.1f} (median over the {len(seeds)} cells with ≥ 2 seeds)" if len(seeds) else "—"
     return (f"Noise: standard error of one run's {int(frame.episodes.median())}-episode mean {evaluation:.1f} "
             f"(median over runs); std of a cell's score across seeds {across}.")
+
+
+def later_seeds(frame: pd.DataFrame, first: int = 3) -> list[str]:
+    """For the cells run beyond the issue's `first` seeds: the mean (and scores) of seeds below `first` and of
+    the later ones, so one can see whether the extra seeds moved the cell."""
+    def part(runs):
+        return f"{runs.score.mean():.1f} ({', '.join(f'{v:.1f}' for v in runs.score)})"
+
+    lines = []
+    for (dataset, agent), cell in frame.sort_values("seed").groupby(["dataset", "agent"], sort=False):
+        early, late = cell[cell.seed < first], cell[cell.seed >= first]
+        if len(late):
+            lines.append(f"- {dataset}, {agent}: seeds < {first} {part(early)}; seeds ≥ {first} {part(late)}")
+    if not lines:
+        return []
+    return ["", f"Cells with more than {first} seeds, the first {first} against the later ones:", *sorted(lines)]
 
 
 def against_previous(frame: pd.DataFrame) -> list[str]:

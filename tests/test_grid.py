@@ -453,3 +453,12 @@ def test_paper_protocol_is_dts_config_and_runs_a_grid_cell_end_to_end_on_cpu(gri
                                   episodes=2, tokens="compact")
     assert (row["protocol"], row["updates"], row["episodes"], row["device"]) == ("paper", 20, 2, "cpu")
     assert np.isfinite(row["score"]) and row["env_id"] == "Hopper-v5"
+
+
+def test_later_seeds_lists_only_cells_run_beyond_the_first_three(grid):
+    frame = pd.DataFrame({"dataset": ["a"] * 5 + ["b"] * 3, "agent": ["x"] * 5 + ["y"] * 3,
+                          "seed": [4, 0, 1, 2, 3, 0, 1, 2], "score": [5.0, 1.0, 2.0, 3.0, 7.0, 9.0, 9.0, 9.0]})
+    lines = grid.later_seeds(frame)
+    assert lines[-1] == "- a, x: seeds < 3 2.0 (1.0, 2.0, 3.0); seeds ≥ 3 6.0 (7.0, 5.0)"
+    assert not any(line.startswith("- b") for line in lines)
+    assert grid.later_seeds(frame[frame.dataset == "b"]) == []
