@@ -3,17 +3,12 @@
     python evaluate.py RUN_DIR [--episodes 100] [--target-return 3600] [--seed 0] [--json]
 
 With no RUN_DIR: the quickstart — train a small agent on the embedded dataset in data/, then
-evaluate it. Same as `decision-rnn evaluate`.
+evaluate it. Same as `decision-rnn evaluate` (the same arguments and error messages).
 """
 
-import argparse
-import logging
 import sys
 
-from decision_rnn.cli import add_evaluate_args, cmd_evaluate
+from decision_rnn.cli import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_evaluate_args(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    sys.exit(cmd_evaluate(parser.parse_args()))
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -4,22 +4,31 @@ Source of the DT defaults: Chen et al. 2021, "Decision Transformer", Table 8 (gy
 `kzl/decision-transformer/gym/experiment.py` (argparse defaults: K=20, embed_dim=128, n_layer=3,
 n_head=1, activation_function=relu, dropout=0.1, learning_rate=1e-4, weight_decay=1e-4,
 warmup_steps=10000, batch_size=64, scale=1000, max_ep_len=1000, grad clip 0.25 in trainer.py).
-The model's ReLU, its N(0, 0.02) init and d3rlpy's timestep init are the defaults since grid code v4:
-together with d3rlpy's clip (the CPU protocol's) they raised minGRU by 18 points on average over six
-datasets (results/recipe_ablation_cpu.md, `d3rlpy-model`). Checkpoints saved before these fields existed
-load with what those models were built with (`LEGACY_MODEL_DEFAULTS`).
+The N(0, 0.02) init of the blocks and of the timestep embedding is GPT-2's, as d3rlpy's DecisionTransformer
+applies it. Named recipes over these defaults are in `decision_rnn.presets`.
 Configs are plain data: no side effects, serialisable with `dataclasses.asdict`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-TOKENIZATIONS = ("interleaved", "compact", "split")
-ACTIVATIONS = ("gelu", "relu")
-CONTEXTS = ("window", "episode", "stream")
-WINDOW_ALIGNS = ("start", "end", "uniform")
+Tokens = Literal["interleaved", "compact", "split"]
+Activation = Literal["gelu", "relu"]
+Context = Literal["window", "episode", "stream"]
+WindowAlign = Literal["start", "end", "uniform"]
+LrDecay = Literal["none", "cosine"]
+GradClipPer = Literal["total", "action_dim"]
+TOKENIZATIONS, ACTIVATIONS, CONTEXTS, WINDOW_ALIGNS, LR_DECAYS, GRAD_CLIP_PER = (
+    get_args(t) for t in (Tokens, Activation, Context, WindowAlign, LrDecay, GradClipPer))
+
+OBS_BOUND = 1e4
+"""The model clamps each normalized observation, (obs - obs_mean) / obs_std, to [-OBS_BOUND, OBS_BOUND] before
+embedding it, in training and in every runtime (torch, the exported step, the fused step). A real observation lies
+within a few dozen stds of the data's mean; a huge finite one (1e20, say) would otherwise overflow the embedding's
+LayerNorm to NaN, which the recurrent state then carries to the end of the episode. Saturated, it gives the same
+finite action in every runtime."""
 
 
 @dataclass
@@ -31,14 +40,14 @@ class ModelConfig:
     act_dim: int
     """Action size; actions are assumed to lie in [-1, 1] (tanh head), as in the MuJoCo tasks."""
     backbone: str = "mingru"
-    """Sequence model: one of `decision_rnn.backbones.BACKBONES` (mingru, minlstm, lru, transformer)."""
+    """Sequence model: a name in `decision_rnn.backbones.BACKBONES`."""
     embed_dim: int = 128
     """Token width. DT: embed_dim=128."""
     n_layers: int = 3
     """Residual blocks in the backbone. DT: n_layer=3."""
     dropout: float = 0.1
     """Dropout in the backbone and on embeddings. DT: dropout=0.1."""
-    tokens: Literal["interleaved", "compact", "split"] = "interleaved"
+    tokens: Tokens = "interleaved"
     """`interleaved`: DT's (return, state, action) tokens, 3 per step. `compact`: one token per step,
     the sum of return, state and previous-action embeddings (3x shorter sequences). `split`: two per
     step, the return's own token and the sum of state and previous-action embeddings."""
@@ -55,7 +64,7 @@ class ModelConfig:
     """Std of a normal init of every nn.Linear weight inside the backbone (biases zero). 0.02: GPT-2's
     init, which DT's HuggingFace GPT-2 and d3rlpy's DT give their transformer blocks (the LRU's own
     recurrence parameters are not nn.Linear and keep its ring init). None: PyTorch's default."""
-    activation: Literal["gelu", "relu"] = "relu"
+    activation: Activation = "relu"
     """Nonlinearity of the blocks' MLPs. DT's gym code passes `activation_function="relu"` to its GPT-2
     (d3rlpy's DT too); "gelu" is GPT-2's own."""
     return_scale: float = 1000.0
@@ -70,7 +79,7 @@ class ModelConfig:
     the return, so in a compact token a target far above the data's returns outweighs the state and action
     parts, which the token's LayerNorm then scales down: at DT's Hopper target 3600 a compact transformer
     trained on hopper-mixed kept a cosine of 0.27 between its normalized token and the state-action part
-    (0.76 at the data's median return-to-go, 499; experiments/return_dominance.py). Normalized alone, the
+    (0.76 at the data's median return-to-go, 499; experiments/studies/return_dominance.py). Normalized alone, the
     return part has a bounded norm whatever the target."""
     backbone_options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword options for `decision_rnn.backbones.build` (expansion, n_heads, state_dim, ...)."""
@@ -84,13 +93,14 @@ class TrainConfig:
     """Gradient updates. DT: 10 iterations x 10k steps = 100k."""
     batch_size: int = 64
     """Sequences per update in `window` context. DT: batch_size=64."""
-    context: Literal["window", "episode", "stream"] | None = None
-    """`window`: DT's K-step windows from random starts (`batch_size` of them). `episode`: whole episodes
+    context: Context = "window"
+    """`window`: DT's K-step windows from random starts (`batch_size` of them), for every backbone (acting still
+    runs a recurrent state over whole episodes; docs/results.md compares the three contexts). `episode`: whole episodes
     from their start (`episode_batch_size`), so the recurrent state seen in training is the one it has at
     rollout. `stream` (recurrent backbones): `batch_size` streams walk whole episodes in consecutive
     K-step chunks, each chunk starting from the state the previous one ended in (truncated BPTT): the
-    rollout's state, with a window batch's variety and cost. None: `default_context` by backbone."""
-    window_align: Literal["start", "end", "uniform"] = "start"
+    rollout's state, with a window batch's variety and cost."""
+    window_align: WindowAlign = "start"
     """`window` context: `start` draws each window's first step (DT's gym code), `end` its last step
     (d3rlpy's trajectory slicer), `uniform` one of the K-step windows overlapping an episode, so that an
     episode's first and last steps are trained as often as the rest (ours); see
@@ -103,9 +113,13 @@ class TrainConfig:
     """AdamW learning rate. DT: 1e-4."""
     weight_decay: float = 1e-4
     """AdamW weight decay. DT: 1e-4."""
+    decay_all: bool = True
+    """True: weight decay on every parameter, as DT's gym code (`AdamW(model.parameters(), ...)`). False: on the
+    weights of linear maps only; LayerNorms, biases, the timestep embedding table and the LRU's nu_log, theta_log
+    and gamma_log get none, as in minGPT's and nanoGPT's parameter groups (`decision_rnn.training.optim`)."""
     warmup_steps: int = 10_000
     """Linear warm-up of the learning rate. DT: warmup_steps=10000."""
-    lr_decay: Literal["none", "cosine"] = "none"
+    lr_decay: LrDecay = "none"
     """After the warm-up: `none` keeps the rate (DT), `cosine` lowers it to lr / 10 at the last update
     (nanoGPT's schedule), so the last checkpoint is not taken mid-stride at the full rate."""
     ema_decay: float | None = None
@@ -114,12 +128,24 @@ class TrainConfig:
     are kept for resume. None: the last weights, as DT. Damps the update-to-update swings of a short
     budget at a high rate, which the last checkpoint would otherwise land on."""
     grad_clip: float = 0.25
-    """Global gradient-norm clip. DT trainer.py: 0.25."""
+    """Global gradient-norm clip. DT trainer.py: 0.25. `grad_clip_per` says what it clips."""
+    grad_clip_per: GradClipPer = "total"
+    """`total`: `grad_clip` bounds the norm of the gradient of our loss, the squared error averaged over the action
+    dimensions (DT). `action_dim`: `grad_clip` is d3rlpy's, which clips the gradient of the squared error summed
+    over the action dimensions, act_dim times ours; the norm is clipped at grad_clip / act_dim
+    (`decision_rnn.training.optim.grad_clip_norm`), so one value means the same on every task: 0.25 clips at
+    0.25 / 3 on Hopper (3 action dimensions) as `total` with 0.25 / 3 does, and at 0.25 / 6 on Walker2d (6),
+    where `total` with 0.25 / 3 clips twice as loosely as d3rlpy."""
     seed: int = 0
+    """Seed of the initial weights, the batches drawn and dropout: a run is reproduced by its seed (on the CPU)."""
     device: str = "cpu"
     """`cpu`, `cuda` or `auto` (cuda when available)."""
     compile: bool = False
     """Wrap the model in `torch.compile` for training (mostly useful on CUDA)."""
+    skip_nonfinite: bool = False
+    """False: a NaN or infinite loss or gradient norm stops training with `NonFiniteError`, naming the step; the
+    last checkpoint stays intact. True: skip such a batch (no optimizer step) and go on, counting the skips in
+    the log (`skipped`). On CUDA the skip costs a host sync per update."""
     log_every: int = 100
     """Write a CSV log row every N updates."""
     checkpoint_every: int = 5_000
@@ -132,25 +158,16 @@ class TrainConfig:
     """Return-to-go the agent is conditioned on at evaluation (None: the env's DT default)."""
 
 
-def default_context(backbone: str) -> str:
-    """DT's K-step windows for every backbone; acting still runs the recurrent state over whole episodes.
-
-    Chosen by measurement (README "Training context"; experiments/context_ablation.py, recipe_ablation.py
-    and the grid's record): whole episodes (`episode`, the default before) won on hopper-medium but ended
-    near the data's mean on hopper-mixed, where 4 episodes per update are too few for return conditioning;
-    windows more than doubled that score and were close on hopper-medium; `stream` scored below windows
-    on all three datasets it ran on.
-    """
-    return "window"
-
-
-LEGACY_MODEL_DEFAULTS = {"activation": "gelu", "timestep_init_std": None, "block_init_std": None}
-"""What a saved ModelConfig without these fields was built with (their defaults before v4)."""
-
-
 def model_config_from_saved(data: dict[str, Any]) -> ModelConfig:
-    """The ModelConfig a checkpoint or run directory saved; fields it predates get their old defaults."""
-    return config_from_dict(ModelConfig, {**LEGACY_MODEL_DEFAULTS, **data})
+    """The ModelConfig a checkpoint or run directory saved. Every field must be there: a field filled with
+    today's default could build another network than the one the weights were trained in."""
+    missing = [f.name for f in fields(ModelConfig) if f.name not in data]
+    if missing:
+        from . import __version__
+
+        raise ValueError(f"the saved model config lacks {missing}: it was written by a decision-rnn older than the "
+                         f"one installed ({__version__}), whose defaults differ; retrain it with this version")
+    return config_from_dict(ModelConfig, data)
 
 
 def config_from_dict(cls, data: dict[str, Any]):
@@ -173,12 +190,14 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {model.activation!r}")
     if model.obs_dim < 1 or model.act_dim < 1:
         raise ValueError(f"obs_dim and act_dim must be positive, got {model.obs_dim}, {model.act_dim}")
-    if train is not None and train.context not in (*CONTEXTS, None):
+    if train is not None and train.context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {train.context!r}")
     if train is not None and train.window_align not in WINDOW_ALIGNS:
         raise ValueError(f"window_align must be one of {WINDOW_ALIGNS}, got {train.window_align!r}")
-    if train is not None and train.lr_decay not in ("none", "cosine"):
-        raise ValueError(f"lr_decay must be 'none' or 'cosine', got {train.lr_decay!r}")
+    if train is not None and train.lr_decay not in LR_DECAYS:
+        raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got {train.lr_decay!r}")
+    if train is not None and train.grad_clip_per not in GRAD_CLIP_PER:
+        raise ValueError(f"grad_clip_per must be one of {GRAD_CLIP_PER}, got {train.grad_clip_per!r}")
     if train is not None and train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
         raise ValueError(f"ema_decay must lie in (0, 1), e.g. 0.999 (or None for the last weights), got "
                          f"{train.ema_decay!r}")
@@ -200,5 +219,5 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
                          "window, not a state: use context 'window' for it")
 
 
-__all__ = ["LEGACY_MODEL_DEFAULTS", "WINDOW_ALIGNS", "ModelConfig", "TrainConfig", "config_from_dict",
-           "default_context", "model_config_from_saved", "validate"]
+__all__ = ["ACTIVATIONS", "CONTEXTS", "GRAD_CLIP_PER", "LR_DECAYS", "OBS_BOUND", "TOKENIZATIONS", "WINDOW_ALIGNS",
+           "ModelConfig", "TrainConfig", "config_from_dict", "model_config_from_saved", "validate"]

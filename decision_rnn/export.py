@@ -1,6 +1,7 @@
 """Export the single-step policy with explicit state tensors (ONNX, TorchScript).
 
-The exported function is `DecisionRNN.step` with normalisation inside:
+The exported function is `DecisionRNN.step` with normalisation inside (the normalized observation clamped to
+±`decision_rnn.config.OBS_BOUND`, as in every runtime):
 
     inputs : obs (B, obs_dim) f32, prev_action (B, act_dim) f32, returns_to_go (B,) f32,
              timestep (B,) i64, state_0 ... state_{n-1} (the backbone's state tensors)

@@ -7,19 +7,24 @@ function over one flat float32 weight buffer, so the cost is mostly the matrix-v
 bounded by streaming the weights (2.8 MB at DT's size) from the cache.
 
 Same math as `DecisionRNN.step` in float32 (`fastmath` and BLAS only reorder sums: equal within ~1e-5, tested);
-minGRU, minLSTM and LRU, every tokenization and token option, any batch size. The transformer is not supported: its
-step attends over a K-step window (use `runtime="onnxruntime"`). Needs numba and scipy (the `fast` extra).
+minGRU, minLSTM and LRU (`KINDS`), every tokenization and token option, any batch size. Other backbones are
+refused: the transformer's step attends over a K-step window, and the GRU's and LSTM's recurrences are not
+compiled here (use `runtime="onnxruntime"`, or `"auto"`, which picks it). Needs numba and scipy.
 Compiled code is cached next to this file after the first use (a few seconds, once). The matrix
 products are compiled loops, BLAS calls (scipy's OpenBLAS through numba's `np.dot`) from batch
 `FusedStep.blas_from`; everything between them is compiled loops.
 
+Weights: one flat buffer and a table of (offset, rows, cols) per slot. The slots are named constants (`OBS_MEAN`,
+..., and per block `LN_1_W`, ...); `_pack` fills each slot from the model's parameters by name and records every
+name it reads, so a parameter the step does not read, or a slot left empty, is an error or a failing test rather
+than a silent shift of indices.
+
 `weights="float16"`: the matrices are rounded to float16 and the loop reads them as float16 (widened to float32
 in registers; all arithmetic stays float32): half the bytes per step. That pays off at batch 1 where the float32
-matrices do not fit the cache (1.8x at embed 256 on a Zen 2 VM, 11 MB; 3.3x at 22 MB); at DT's size (2.8 MB)
-widening costs about what the bytes save, and above batch 1 each batch row widens the weights again, which
-makes it slower (results/bench_fused_cpu.md). Actions differ from the float32 model's by the rounding (at most ~2e-3 on
-trained runs, results/half_weights_cpu.md). Equal within ~1e-5 to the float32 step of the model with its
-matrices so rounded (tested).
+matrices do not fit the cache; at DT's size (2.8 MB) widening costs about what the bytes save, and above batch 1
+each batch row widens the weights again, which makes it slower (timings: results/bench_fused_cpu.md). Actions
+differ from the float32 model's by the rounding (at most ~2e-3 on trained runs, results/half_weights_cpu.md).
+Equal within ~1e-5 to the float32 step of the model with its matrices so rounded (tested).
 
 State: one float32 array (n, B, H) holding the backbone's state tensors in `DecisionRNN.initial_state`
 order; `FusedStep.to_torch_state` gives them back as that tuple.
@@ -36,18 +41,33 @@ try:
     from numba import njit, types
     from numba.extending import intrinsic, overload
 except ImportError as e:
-    raise ImportError("runtime='fused' needs numba and scipy: pip install 'decision-rnn[fast]' "
-                      "(or: pip install numba scipy)") from e
+    raise ImportError("runtime='fused' needs numba and scipy: pip install numba scipy") from e
 
+from .config import OBS_BOUND, ModelConfig
 from .models import DecisionRNN
 from .policy import WEIGHTS
 
 KINDS = {"mingru": 0, "minlstm": 1, "lru": 2}
+"""The backbones the fused step runs, and the kernel's code for each."""
 TOKENS = {"compact": 0, "interleaved": 1, "split": 2}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 # error_model="numpy": a float division by zero gives inf (none can occur here) instead of raising, so the
 # compiler drops the zero checks and vectorizes loops that divide (GELU's erf, sigmoids, layer norms).
 JIT = dict(cache=True, fastmath=True, nogil=True, error_model="numpy")
+
+# Slots of the weight table. Global ones first; then N_BLOCK per block, from N_GLOBAL + layer * N_BLOCK.
+(OBS_MEAN, OBS_INV_STD, TIME, RETURN_W, RETURN_B, STATE_W, STATE_B, ACTION_W, ACTION_B, EMBED_LN_W, EMBED_LN_B,
+ RETURN_LN_W, RETURN_LN_B, LN_F_W, LN_F_B, HEAD_W, HEAD_B, N_GLOBAL) = range(18)
+(LN_1_W, LN_1_B, MIX_0, MIX_1, MIX_2, MIX_3, LN_2_W, LN_2_B, FC_W, FC_B, PROJ_W, PROJ_B, N_BLOCK) = range(13)
+# The mixer's four slots: minGRU's and minLSTM's in- and out-projections; the LRU's lambda (as (re, im)),
+# gamma * B (as [re; im]), [C_re, -C_im] and D.
+IN_W, IN_B, OUT_W, OUT_B = MIX_0, MIX_1, MIX_2, MIX_3
+LAMBDA, GAMMA_B, C_CAT, D_SKIP = MIX_0, MIX_1, MIX_2, MIX_3
+
+
+def supports(config: ModelConfig) -> bool:
+    """Whether the fused step runs this model's backbone."""
+    return config.backbone in KINDS
 
 
 class FusedStep:
@@ -55,23 +75,22 @@ class FusedStep:
 
     blas_from = 64
     """Batch size from which the matrix products are BLAS calls (scipy's OpenBLAS sgemm); below it, the
-    compiled loop. experiments/bench_fused.py (results/bench_fused_cpu.md) times both by batch size: on a
-    2-core Zen 2 VM, OpenBLAS on 1 thread, the loop was 6x faster at batch 2, 2x at 10, level at 32, and
-    took 1.2x and 1.3x BLAS's time at 64 and 100 (sgemm's fixed cost per call, packing the weights each
-    time, only pays off for many rows)."""
+    compiled loop. experiments/bench_fused.py times both by batch size (results/bench_fused_cpu.md): with
+    OpenBLAS on 1 thread the loop is faster at small batches, level around 32, and BLAS only pays off from about
+    64 rows (sgemm's fixed cost per call packs the weights each time)."""
 
     def __init__(self, model: DecisionRNN, weights: str = "float32"):
         kind = model.config.backbone
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {list(WEIGHTS)}, got {weights!r}")
-        if kind not in KINDS:
-            raise ValueError(f"runtime='fused' supports the recurrent backbones {sorted(KINDS)}, not {kind!r} "
-                             f"(its step attends over a K-step window); use runtime='onnxruntime'")
+        if not supports(model.config):
+            raise ValueError(f"runtime='fused' supports the recurrent backbones {sorted(KINDS)}, not {kind!r}; use "
+                             f"runtime='onnxruntime' or 'torch' (runtime='auto' picks what runs it)")
         c = model.config
         self.kind = KINDS[kind]
         self.tokens = TOKENS[c.tokens]
         self.act_dim = c.act_dim
-        self.n_layers = len(model.backbone.blocks)
+        self.n_layers = c.n_layers
         shapes = model.backbone.state_shapes(1)
         self.n_state, self.width = len(shapes), shapes[0][1]
         self.weights = weights
@@ -81,13 +100,13 @@ class FusedStep:
         half = weights == "float16"
         self.packed = {}
         for blas in (False, True):
-            params, table, matrix = _pack(model, transposed=blas, half=half)
+            params, table, matrix, self.used = _pack(model, transposed=blas, half=half)
             mats = params
             if half and not blas:
                 mats = np.where(matrix, params, 0).astype(np.float16).view(np.uint16)
             self.packed[blas] = (params, mats, table)
-        self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1, c.activation == "relu", c.return_ln],
-                                np.float64)
+        self.scalars = np.array([1.0 / c.return_scale, c.max_timestep - 1, c.activation == "relu", c.return_ln,
+                                 OBS_BOUND], np.float64)
 
     def initial_state(self, batch_size: int) -> np.ndarray:
         return np.zeros((self.n_state, batch_size, self.width), np.float32)
@@ -122,25 +141,42 @@ class FusedStep:
         return tuple(torch.from_numpy(s.copy()) for s in state)
 
 
-def action_embedding(m: DecisionRNN, w, f64) -> list[torch.Tensor]:
-    """The previous action's embedding weight and bias; zeros (no contribution) when the model has none."""
-    if m.embed_action is None:
-        E, A = m.config.embed_dim, m.config.act_dim
-        return [w(torch.zeros(E, A, dtype=torch.float64)), torch.zeros(1, E, dtype=torch.float64)]
-    return [w(m.embed_action.weight), f64(m.embed_action.bias)[None]]
+# ---- weights: one flat buffer + a table of (offset, rows, cols), one row per slot ----
+
+def _min_rnn_mixer(model, take, w, p: str) -> list[torch.Tensor]:
+    """minGRU / minLSTM: in-projection (all branches stacked) and out-projection."""
+    return [w(take(p + "in_proj.weight")), take(p + "in_proj.bias")[None],
+            w(take(p + "out_proj.weight")), take(p + "out_proj.bias")[None]]
 
 
-# ---- weights: one flat buffer + a table of (offset, rows, cols), in the order the kernel reads them ----
+def _lru_mixer(model, take, w, p: str) -> list[torch.Tensor]:
+    """LRU: lambda as its step computes it (in float32), gamma * B and [C_re, -C_im] precomputed (float64), D."""
+    take(p + "nu_log"), take(p + "theta_log")  # read by `_lambda`
+    lam_re, lam_im = (t.detach().cpu().double() for t in model.get_submodule(p.removesuffix("."))._lambda())
+    gamma = torch.exp(take(p + "gamma_log"))[:, None]
+    return [torch.cat([lam_re, lam_im])[None],
+            w(torch.cat([gamma * take(p + "B_re"), gamma * take(p + "B_im")])),
+            w(torch.cat([take(p + "C_re"), -take(p + "C_im")], dim=1)), take(p + "D")[None]]
 
-def _pack(model: DecisionRNN, transposed: bool, half: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(float32 buffer, table, mask of the buffer's entries that belong to matrix-vector products' matrices)."""
+
+MIXERS = {"mingru": _min_rnn_mixer, "minlstm": _min_rnn_mixer, "lru": _lru_mixer}
+
+
+def _pack(model: DecisionRNN, transposed: bool, half: bool = False
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, set[str]]:
+    """(float32 buffer, table, mask of the buffer's entries that belong to matrix-vector products' matrices, the
+    names of the parameters and buffers read). Every slot is filled by name; derived weights (1 / std, the LRU's
+    gamma * B) are computed in float64."""
+    named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    used: set[str] = set()
     matrices = set()
 
-    def f64(t):  # derived weights (1 / std, LRU's gamma * B) are computed in float64
-        return t.detach().cpu().double()
+    def take(name: str) -> torch.Tensor:
+        used.add(name)
+        return named[name].detach().cpu().double()
 
     def w(t):  # a linear map's (out, in) weight; (in, out) for BLAS; rounded to float16 with `half`
-        t = f64(t).T if transposed else f64(t)
+        t = t.T if transposed else t
         if half:
             big = t.abs().max().item()
             if not big <= FLOAT16_MAX:
@@ -150,39 +186,42 @@ def _pack(model: DecisionRNN, transposed: bool, half: bool = False) -> tuple[np.
         matrices.add(id(t))
         return t
 
-    m = model
-    tensors = [f64(m.obs_mean)[None], (1.0 / f64(m.obs_std))[None], f64(m.embed_timestep.weight),
-               f64(m.embed_return.weight).T, f64(m.embed_return.bias)[None],
-               w(m.embed_state.weight), f64(m.embed_state.bias)[None],
-               *action_embedding(m, w, f64),
-               f64(m.embed_ln.weight)[None], f64(m.embed_ln.bias)[None]]
-    for block in m.backbone.blocks:
-        mixer = block.mixer
-        tensors += [f64(block.ln_1.weight)[None], f64(block.ln_1.bias)[None]]
-        if hasattr(mixer, "in_proj"):  # minGRU / minLSTM
-            tensors += [w(mixer.in_proj.weight), f64(mixer.in_proj.bias)[None],
-                        w(mixer.out_proj.weight), f64(mixer.out_proj.bias)[None]]
-        else:  # LRU: lambda (as its step computes it), gamma * B and [C_re, -C_im], precomputed
-            lam_re, lam_im = (f64(t) for t in mixer._lambda())
-            gamma = torch.exp(f64(mixer.gamma_log))[:, None]
-            tensors += [torch.cat([lam_re, lam_im])[None],
-                        w(torch.cat([gamma * f64(mixer.B_re), gamma * f64(mixer.B_im)])),
-                        w(torch.cat([f64(mixer.C_re), -f64(mixer.C_im)], dim=1)), f64(mixer.D)[None]]
-        tensors += [f64(block.ln_2.weight)[None], f64(block.ln_2.bias)[None],
-                    w(block.mlp.fc.weight), f64(block.mlp.fc.bias)[None],
-                    w(block.mlp.proj.weight), f64(block.mlp.proj.bias)[None]]
-    head = m.action_head[0]
-    tensors += [f64(m.backbone.ln_f.weight)[None], f64(m.backbone.ln_f.bias)[None],
-                w(head.weight), f64(head.bias)[None]]
-    if m.config.return_ln:  # last, so that every other entry keeps its index
-        tensors += [f64(m.return_ln.weight)[None], f64(m.return_ln.bias)[None]]
+    c = model.config
+    E, A = c.embed_dim, c.act_dim
+    slots = {OBS_MEAN: take("obs_mean")[None], OBS_INV_STD: (1.0 / take("obs_std"))[None],
+             TIME: take("embed_timestep.weight"),
+             RETURN_W: take("embed_return.weight").T, RETURN_B: take("embed_return.bias")[None],
+             STATE_W: w(take("embed_state.weight")), STATE_B: take("embed_state.bias")[None],
+             EMBED_LN_W: take("embed_ln.weight")[None], EMBED_LN_B: take("embed_ln.bias")[None],
+             LN_F_W: take("backbone.ln_f.weight")[None], LN_F_B: take("backbone.ln_f.bias")[None],
+             HEAD_W: w(take("action_head.0.weight")), HEAD_B: take("action_head.0.bias")[None]}
+    if model.embed_action is not None:
+        slots[ACTION_W], slots[ACTION_B] = w(take("embed_action.weight")), take("embed_action.bias")[None]
+    else:  # the agent sees no action: an embedding of zeros adds nothing
+        slots[ACTION_W], slots[ACTION_B] = w(torch.zeros(E, A, dtype=torch.float64)), torch.zeros(1, E).double()
+    if c.return_ln:
+        slots[RETURN_LN_W], slots[RETURN_LN_B] = take("return_ln.weight")[None], take("return_ln.bias")[None]
+    else:  # not read (the kernel checks `return_ln`)
+        slots[RETURN_LN_W] = slots[RETURN_LN_B] = torch.zeros(1, 1, dtype=torch.float64)
+    for layer in range(c.n_layers):
+        p, base = f"backbone.blocks.{layer}.", N_GLOBAL + layer * N_BLOCK
+        block = [take(p + "ln_1.weight")[None], take(p + "ln_1.bias")[None],
+                 *MIXERS[c.backbone](model, take, w, p + "mixer."),
+                 take(p + "ln_2.weight")[None], take(p + "ln_2.bias")[None],
+                 w(take(p + "mlp.fc.weight")), take(p + "mlp.fc.bias")[None],
+                 w(take(p + "mlp.proj.weight")), take(p + "mlp.proj.bias")[None]]
+        slots.update(zip(range(base, base + N_BLOCK), block, strict=True))
+    n = N_GLOBAL + c.n_layers * N_BLOCK
+    if sorted(slots) != list(range(n)):
+        raise RuntimeError(f"fused weight table: slots {sorted(set(range(n)) - set(slots))} left empty")
+    tensors = [slots[k] for k in range(n)]
     table, offset = [], 0
     for t in tensors:
         table.append((offset, t.shape[0], t.shape[1]))
         offset += t.numel()
     params = np.concatenate([t.reshape(-1).numpy() for t in tensors]).astype(np.float32)
     matrix = np.concatenate([np.full(t.numel(), id(t) in matrices) for t in tensors])
-    return params, np.array(table, np.int64), matrix
+    return params, np.array(table, np.int64), matrix, used
 
 
 @intrinsic
@@ -354,15 +393,15 @@ def backbone_step(P, M, L, blas, kind, n_layers, relu, x, S, write, y):
     """One backbone step on tokens x (B, E) from state S; S[.., b] is updated only where write[b]. P: the float32
     buffer; M: the one its matrices are read from (P, or P's matrices as float16 bits)."""
     B, E = x.shape
-    k = 11
     h = np.empty_like(x)
     for layer in range(n_layers):
-        layer_norm(x, vec(P, L, k), vec(P, L, k + 1), h)
+        k = N_GLOBAL + layer * N_BLOCK
+        layer_norm(x, vec(P, L, k + LN_1_W), vec(P, L, k + LN_1_B), h)
         if kind <= 1:  # minGRU / minLSTM: h_t = a * h_{t-1} + b
-            W_in = mat(M, L, k + 2)
+            W_in = mat(M, L, k + IN_W)
             H = S.shape[2]
             proj = np.empty((B, W_in.shape[1 if blas else 0]), np.float32)
-            linear(W_in, vec(P, L, k + 3), h, proj, blas)
+            linear(W_in, vec(P, L, k + IN_B), h, proj, blas)
             # new = keep * h + take * g(c), g(c) = c + 0.5 (c >= 0) or sigmoid(c). minGRU: keep, take =
             # sigmoid(-z), sigmoid(z); minLSTM: f / (f + i), i / (f + i), f = sigmoid(k_f), i = sigmoid(k_i)
             # (torch's sigmoid(softplus(-k_i) - softplus(-k_f)), without its two logs per unit). Every sigmoid
@@ -395,12 +434,12 @@ def backbone_step(P, M, L, blas, kind, n_layers, relu, x, S, write, y):
                     if write[b]:
                         S[layer, b, j] = new
             mix = np.empty((B, E), np.float32)
-            linear(mat(M, L, k + 4), vec(P, L, k + 5), hid, mix, blas)
+            linear(mat(M, L, k + OUT_W), vec(P, L, k + OUT_B), hid, mix, blas)
         else:  # LRU: h = lambda * h + gamma B x (complex), y = Re(C h) + D x
-            lam = vec(P, L, k + 2)
+            lam = vec(P, L, k + LAMBDA)
             N = lam.shape[0] // 2
             u = np.empty((B, 2 * N), np.float32)
-            linear(mat(M, L, k + 3), np.zeros(2 * N, np.float32), h, u, blas)
+            linear(mat(M, L, k + GAMMA_B), np.zeros(2 * N, np.float32), h, u, blas)
             hid = np.empty((B, 2 * N), np.float32)
             for b in range(B):
                 for j in range(N):
@@ -410,58 +449,57 @@ def backbone_step(P, M, L, blas, kind, n_layers, relu, x, S, write, y):
                     hid[b, j], hid[b, N + j] = new_re, new_im
                     if write[b]:
                         S[2 * layer, b, j], S[2 * layer + 1, b, j] = new_re, new_im
-            D = vec(P, L, k + 5)
+            D = vec(P, L, k + D_SKIP)
             mix = np.empty((B, E), np.float32)
-            linear(mat(M, L, k + 4), np.zeros(E, np.float32), hid, mix, blas)
+            linear(mat(M, L, k + C_CAT), np.zeros(E, np.float32), hid, mix, blas)
             for b in range(B):
                 for j in range(E):
                     mix[b, j] += D[j] * h[b, j]
         x = x + mix
-        layer_norm(x, vec(P, L, k + 6), vec(P, L, k + 7), h)
-        W_fc = mat(M, L, k + 8)
+        layer_norm(x, vec(P, L, k + LN_2_W), vec(P, L, k + LN_2_B), h)
+        W_fc = mat(M, L, k + FC_W)
         inner = np.empty((B, W_fc.shape[1 if blas else 0]), np.float32)
-        linear(W_fc, vec(P, L, k + 9), h, inner, blas)
+        linear(W_fc, vec(P, L, k + FC_B), h, inner, blas)
         activate(inner.reshape(-1), relu)
         out = np.empty((B, E), np.float32)
-        linear(mat(M, L, k + 10), vec(P, L, k + 11), inner, out, blas)
+        linear(mat(M, L, k + PROJ_W), vec(P, L, k + PROJ_B), inner, out, blas)
         x = x + out
-        k += 12
-    layer_norm(x, vec(P, L, k), vec(P, L, k + 1), y)
-    return k + 2
+    layer_norm(x, vec(P, L, LN_F_W), vec(P, L, LN_F_B), y)
 
 
 @njit(**JIT)
 def embed_finish(P, L, token):
     out = np.empty_like(token)
-    layer_norm(token, vec(P, L, 9), vec(P, L, 10), out)
+    layer_norm(token, vec(P, L, EMBED_LN_W), vec(P, L, EMBED_LN_B), out)
     return out
 
 
 @njit(**JIT)
 def step(P, M, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, action):
     B = obs.shape[0]
-    time_table = mat(P, L, 2)
+    time_table = mat(P, L, TIME)
     E = time_table.shape[1]
     max_t = int(scalars[1])
     relu = scalars[2] != 0
-    mean, inv_std = vec(P, L, 0), vec(P, L, 1)
-    w_r, b_r = vec(P, L, 3), vec(P, L, 4)
+    bound = scalars[4]
+    mean, inv_std = vec(P, L, OBS_MEAN), vec(P, L, OBS_INV_STD)
+    w_r, b_r = vec(P, L, RETURN_W), vec(P, L, RETURN_B)
     norm_obs = np.empty_like(obs)
-    for b in range(B):
+    for b in range(B):  # in float64, where no finite float32 obs overflows; then clamped (`OBS_BOUND`)
         for j in range(obs.shape[1]):
-            norm_obs[b, j] = (obs[b, j] - mean[j]) * inv_std[j]
+            v = (np.float64(obs[b, j]) - mean[j]) * inv_std[j]
+            norm_obs[b, j] = min(max(v, -bound), bound)
     s_emb = np.empty((B, E), np.float32)
-    linear(mat(M, L, 5), vec(P, L, 6), norm_obs, s_emb, blas)
+    linear(mat(M, L, STATE_W), vec(P, L, STATE_B), norm_obs, s_emb, blas)
     a_emb = np.empty((B, E), np.float32)
-    linear(mat(M, L, 7), vec(P, L, 8), prev, a_emb, blas)
+    linear(mat(M, L, ACTION_W), vec(P, L, ACTION_B), prev, a_emb, blas)
     r_emb = np.empty((B, E), np.float32)
     for b in range(B):
         r = np.float32(rtg[b] * scalars[0])
         for j in range(E):
             r_emb[b, j] = w_r[j] * r + b_r[j]
-    if scalars[3] != 0:  # return_ln: the last two table entries
-        n = L.shape[0]
-        layer_norm(r_emb.copy(), vec(P, L, n - 2), vec(P, L, n - 1), r_emb)
+    if scalars[3] != 0:  # return_ln
+        layer_norm(r_emb.copy(), vec(P, L, RETURN_LN_W), vec(P, L, RETURN_LN_B), r_emb)
     ts = np.minimum(np.maximum(t, 0), max_t)
     y = np.empty((B, E), np.float32)
     every = np.ones(B, np.bool_)
@@ -480,7 +518,7 @@ def step(P, M, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, a
         for b in range(B):
             for j in range(E):
                 tok[b, j] = s_emb[b, j] + time_table[ts[b], j]
-        k = backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
+        backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
     else:  # compact: R_t + s_t + a_{t-1}; split: R_t, then s_t + a_{t-1}
         tok = np.empty((B, E), np.float32)
         if tokens == 2:
@@ -488,14 +526,14 @@ def step(P, M, L, blas, kind, n_layers, tokens, scalars, obs, prev, rtg, t, S, a
                 for j in range(E):
                     tok[b, j] = r_emb[b, j] + time_table[ts[b], j]
             backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
-        b_a = vec(P, L, 8)
+        b_a = vec(P, L, ACTION_B)
         for b in range(B):
             for j in range(E):
                 a = a_emb[b, j] if t[b] > 0 else b_a[j]  # a_{-1} = 0: only the bias
                 r = r_emb[b, j] if tokens == 0 else np.float32(0.0)
                 tok[b, j] = s_emb[b, j] + r + a + time_table[ts[b], j]
-        k = backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
-    linear(mat(M, L, k), vec(P, L, k + 1), y, action, blas)
+        backbone_step(P, M, L, blas, kind, n_layers, relu, embed_finish(P, L, tok), S, every, y)
+    linear(mat(M, L, HEAD_W), vec(P, L, HEAD_B), y, action, blas)
     for b in range(B):
         for j in range(action.shape[1]):
             action[b, j] = np.tanh(action[b, j])

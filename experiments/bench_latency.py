@@ -186,7 +186,7 @@ def throughput(steps=1000, n_envs=10, repeats=3):
         obs, _ = envs.reset(seed=0)
         policy.reset(3600.0, batch_size=n_envs)
         for _ in range(20):  # warm-up: first-call compilation and allocations
-            policy.act(obs, None if policy.steps == 0 else np.zeros(n_envs))
+            policy.act(obs, np.zeros(n_envs))  # the first act's reward is ignored
         best, best_replay, share = np.inf, np.inf, 0.0
         for _ in range(repeats):
             obs, _ = envs.reset(seed=0)

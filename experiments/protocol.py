@@ -1,15 +1,10 @@
 """Training protocols shared by the experiment scripts, and one train-then-evaluate run.
 
-- `paper`: the Decision Transformer's 100k updates, lr 1e-4, 10k warm-up (GPU machines).
-- `cpu`: what fits 2 CPU cores — a few thousand updates, so a 10x larger learning rate and a
-  warm-up of 10% of the updates. Since code v3 two changes against the short budget's swings, both
-  measured in results/recipe_ablation_cpu.md before adoption: the rate decays (cosine, to lr / 10) so
-  the last checkpoint is not taken at the full rate, and windows end at a drawn step (d3rlpy's
-  slicer) so an episode's first K steps are trained as often as the rest. Since v4 the gradient clip is
-  d3rlpy's effective one, 0.25 / 3 (d3rlpy sums the squared error over the action dimensions before
-  clipping at 0.25; we average it), adopted with the model defaults of v4 (ReLU, N(0, 0.02) init; see
-  decision_rnn/config.py) after the recipe ablation's `d3rlpy-model` runs. Everything else (model size,
-  batch, dropout) is DT's; d3rlpy's DT keeps its own reproduction config.
+- `paper`: the Decision Transformer's 100k updates, lr 1e-4, 10k warm-up (GPU machines): the `dt` preset's
+  training.
+- `cpu`: what fits 2 CPU cores: `decision_rnn.presets.CPU_PROTOCOL` (3000 updates, a 10x learning rate, a warm-up
+  over 10% of the updates, cosine decay, end-aligned windows, clip 0.25 / 3), the training of the `fast` preset
+  and of every grid agent's preset. Its docstring says where each choice comes from.
 Every number in results/ says which protocol and device produced it.
 """
 
@@ -22,16 +17,12 @@ import pandas as pd
 import torch
 
 from decision_rnn import ModelConfig, TrainConfig
-from decision_rnn.config import default_context
 from decision_rnn.data import load_dataset
 from decision_rnn.evaluation import evaluate_run
+from decision_rnn.presets import CPU_PROTOCOL, train_config
 from decision_rnn.training import train
 
-PROTOCOLS = {
-    "paper": TrainConfig(),
-    "cpu": TrainConfig(steps=3000, lr=1e-3, warmup_steps=300, lr_decay="cosine", window_align="end",
-                      grad_clip=0.25 / 3, episode_batch_size=4, checkpoint_every=1000),
-}
+PROTOCOLS = {"paper": train_config("dt"), "cpu": TrainConfig(**CPU_PROTOCOL)}
 
 
 def protocol_config(protocol: str, steps: int | None = None) -> TrainConfig:
@@ -54,42 +45,47 @@ def training_seconds(run_dir: Path) -> float:
     return float(sum(elapsed[i] for i in ends))
 
 
-def train_and_evaluate(
-    datasets: list[str],
+def run_configs(
+    obs_dim: int,
+    act_dim: int,
     backbone: str,
-    out: Path,
     *,
     protocol: str = "cpu",
     steps: int | None = None,
     tokens: str = "interleaved",
     context: str | None = None,
     seed: int = 0,
-    episodes: int = 10,
     device: str = "cpu",
     model_options: dict | None = None,
     train_options: dict | None = None,
-) -> dict:
-    """Train one agent (resuming if `out` has checkpoints) and evaluate its LAST checkpoint."""
+) -> tuple[ModelConfig, TrainConfig]:
+    """The configs `train_and_evaluate` trains: the protocol's training with `train_options` over it."""
+    model_cfg = ModelConfig(obs_dim=obs_dim, act_dim=act_dim, backbone=backbone, tokens=tokens, **(model_options or {}))
+    options = {**({"context": context} if context else {}), **(train_options or {})}  # options win
+    return model_cfg, replace(protocol_config(protocol, steps), seed=seed, device=device, **options)
+
+
+def train_and_evaluate(datasets: list[str], backbone: str, out: Path, *, episodes: int = 10, **options) -> dict:
+    """Train one agent (resuming if `out` has checkpoints) and evaluate its LAST checkpoint. `options`: those of
+    `run_configs`."""
     dataset = load_dataset(datasets if len(datasets) > 1 else datasets[0])
-    model_cfg = ModelConfig(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, backbone=backbone, tokens=tokens,
-                            **(model_options or {}))
-    options = {"context": context or default_context(backbone), **(train_options or {})}  # options win
-    train_cfg = replace(protocol_config(protocol, steps), seed=seed, device=device, **options)
+    model_cfg, train_cfg = run_configs(dataset.obs_dim, dataset.act_dim, backbone, **options)
     summary = train(dataset, model_cfg, train_cfg, out, resume=True, progress=False)
-    result = evaluate_run(out, episodes=episodes, seeds=[seed], device=device)["results"][0]
+    result = evaluate_run(out, episodes=episodes, seeds=[train_cfg.seed], device=train_cfg.device,
+                          runtime="torch")["results"][0]
     return {
         "datasets": "+".join(d.split("/")[-1].removesuffix("-v0") for d in datasets),
         "env_id": dataset.env_id,
         "agent": f"{backbone}",
-        "tokens": tokens,
+        "tokens": model_cfg.tokens,
         "context": train_cfg.context,
-        "seed": seed,
-        "protocol": protocol,
+        "seed": train_cfg.seed,
+        "protocol": options.get("protocol", "cpu"),
         "updates": summary["steps"],
         "train_wall_s": training_seconds(out),
         "score": result["score_mean"],
         "score_std_episodes": result["score_std_episodes"],
         "return_mean": result["return_mean"],
         "episodes": result["episodes"],
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if train_cfg.device == "cuda" else "cpu",
     }

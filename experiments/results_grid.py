@@ -9,10 +9,14 @@ result row already exists in results/grid_<protocol>.csv, so the grid can be fil
 sessions and by several workers at once (each run is claimed with a lock file; CSV appends are
 locked). Runs go seed-major: every dataset gets seed 0 before any gets seed 1.
 
-A cell is (dataset, agent, seed, context): each agent runs in its current default context
-(`decision_rnn.config.default_context`; d3rlpy's DT in its windows). Rows of an earlier default stay in
-the CSVs as the record and are reported in a table of their own, so changing a default re-runs only
-the cells it changes.
+Our agents are presets (`decision_rnn.presets`, the agent's name): under the CPU protocol a cell trains exactly the
+preset's configs. A cell is (dataset, agent, seed, context): each agent runs in `window` context (d3rlpy's DT in its
+windows). Rows of another context stay in the CSVs as the record and are reported in a table of their own.
+`CANDIDATES` are agents that measure a change before it becomes a default; they run only when named:
+
+    python experiments/results_grid.py --protocol cpu --agents minlstm-return-ln-no-decay-groups
+    python experiments/results_grid.py --protocol cpu --agents minlstm-return-ln-clip-per-dim \
+        --datasets walker2d-medium walker2d-mixed walker2d-medium-expert
 
 Per run, besides the score of the LAST checkpoint at DT's target return, results/grid_<protocol>_curves.csv
 gets the learning curve (the score of every intermediate checkpoint) and a target sweep (the last
@@ -34,10 +38,10 @@ import pandas as pd
 import torch
 from protocol import PROTOCOLS, protocol_config, train_and_evaluate, training_seconds
 
-from decision_rnn.config import default_context
 from decision_rnn.data import load_dataset
 from decision_rnn.evaluation import default_target_return, evaluate_run
 from decision_rnn.evaluation.aggregate import aggregate, improvement_interval
+from decision_rnn.presets import CPU_PROTOCOL, get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {
@@ -48,20 +52,17 @@ DATASETS = {
     "walker2d-mixed": ["zoo/walker2d/mixed-v0"],
     "walker2d-medium-expert": ["zoo/walker2d/medium-v0", "zoo/walker2d/expert-v0"],
 }
-AGENTS = ["mingru", "minlstm", "lru", "transformer", "mingru-interleaved", "mingru-return-ln", "minlstm-return-ln",
-          "minlstm-return-ln-constant-lr", "lru-constant-lr", "d3rlpy-dt"]
-"""Our agents are a backbone and a flavour (`FLAVOURS`); d3rlpy-dt: d3rlpy's DecisionTransformer."""
-FLAVOURS = {"": ("compact", {}, {}), "-interleaved": ("interleaved", {}, {}),
-            "-return-ln": ("compact", {"return_ln": True}, {}),
-            "-return-ln-constant-lr": ("compact", {"return_ln": True}, {"lr_decay": "none"}),
-            "-constant-lr": ("compact", {}, {"lr_decay": "none"})}
-"""Agent-name suffix -> (tokens, ModelConfig options, TrainConfig options over the protocol's). "" (no
-suffix): compact tokens. `-interleaved`: DT's (return, state, action) tokens (recipe_ablation.py's
-`tokens-interleaved` fixed minGRU's hopper-mixed cells, at ~2x the training time). `-return-ln`: compact
-tokens with the return embedding LayerNormed alone (`return-ln` there). `-return-ln-constant-lr`: that, with
-the rate kept at its peak after the warm-up as DT and d3rlpy do, instead of the CPU protocol's cosine decay
-(`constant-lr` on `minlstm-return-ln` turned walker2d-mixed's fallen seed into a walking one). `-constant-lr`:
-the same rate on compact tokens (on the LRU it made one of walker2d-mixed's two fallen seeds walk)."""
+CANDIDATES = ["minlstm-return-ln-clip-per-dim", "minlstm-return-ln-no-decay-groups"]
+"""Agents that measure a change of `minlstm-return-ln` (the `fast` preset) before it becomes a default: d3rlpy's clip
+per action dimension (on the walker2d datasets; on Hopper it is the same clip) and AdamW without decay on
+LayerNorms, biases and the timestep table. Not run unless named in `--agents`."""
+AGENTS = ["mingru", "minlstm", "lru", "transformer", "gru", "lstm", "mingru-interleaved", "mingru-return-ln",
+          "minlstm-return-ln", "minlstm-return-ln-constant-lr", "lru-constant-lr", *CANDIDATES, "d3rlpy-dt"]
+"""Our agents are presets named `backbone` + a flavour (`FLAVOURS`); d3rlpy-dt: d3rlpy's DecisionTransformer."""
+FLAVOURS = ("", "-interleaved", "-return-ln", "-return-ln-constant-lr", "-constant-lr", "-return-ln-clip-per-dim",
+            "-return-ln-no-decay-groups")
+"""Agent-name suffixes: what a preset changes of the plain backbone's (its doc string says what). "" (no suffix):
+compact tokens."""
 CORE = ["mingru", "minlstm", "lru", "d3rlpy-dt"]
 """The agents the goal check needs on a dataset; the others (our transformer among them) join it once they
 have every dataset it judges."""
@@ -110,15 +111,18 @@ RECURRENT = tuple(a for a in AGENTS if a != "d3rlpy-dt" and split_agent(a)[0] !=
 
 
 def agent_spec(agent: str) -> tuple[str, str, dict, dict]:
-    """One of our grid agents -> (backbone, tokens, ModelConfig options, TrainConfig options)."""
-    backbone, flavour = split_agent(agent)
-    tokens, model_options, train_options = FLAVOURS[flavour]
-    return backbone, tokens, dict(model_options), dict(train_options)
+    """One of our grid agents -> (backbone, tokens, ModelConfig options, TrainConfig options over the protocol's),
+    from its preset: under the CPU protocol the options rebuild the preset's configs."""
+    preset = get_preset(agent)
+    model = dict(preset.model)
+    backbone, tokens = model.pop("backbone"), model.pop("tokens")
+    train = {k: v for k, v in preset.train.items() if k not in CPU_PROTOCOL or CPU_PROTOCOL[k] != v}
+    return backbone, tokens, model, train
 
 
 def agent_context(agent: str) -> str:
-    """The context an agent's grid cells are trained in now: its default; d3rlpy's DT uses windows."""
-    return "window" if agent == "d3rlpy-dt" else default_context(split_agent(agent)[0])
+    """The context an agent's grid cells are trained in: windows, for every agent."""
+    return "window"
 
 
 def versions(frame: pd.DataFrame) -> pd.Series:
@@ -224,12 +228,13 @@ def our_curves(run_dir: Path, seed: int, episodes: int, device: str, final: dict
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
     rows = []
     for ckpt in checkpoints[:-1]:
-        s = evaluate_run(ckpt, episodes=episodes, seeds=[seed], device=device, out_dir=run_dir / f"eval-{ckpt.name}")
+        s = evaluate_run(ckpt, episodes=episodes, seeds=[seed], device=device, out_dir=run_dir / f"eval-{ckpt.name}",
+                         runtime="torch")
         rows.append({"kind": "curve", "x": s["checkpoint_step"], "score": s["results"][0]["score_mean"]})
     rows.append({"kind": "curve", "x": final["updates"], "score": final["score"]})
     target = default_target_return(final["env_id"])
     sweep = evaluate_run(run_dir, episodes=episodes, seeds=[seed], device=device, out_dir=run_dir / "eval-sweep",
-                         target_returns=[f * target for f in SWEEP])
+                         target_returns=[f * target for f in SWEEP], runtime="torch")
     rows += [{"kind": "target", "x": r["target_return"], "score": r["score_mean"]} for r in sweep["results"]]
     rows.append({"kind": "target", "x": target, "score": final["score"]})
     return rows
@@ -262,7 +267,7 @@ def adopted_runs(ablation: pd.DataFrame, episodes: int = 10) -> tuple[list[dict]
                 continue
             rows.append({"dataset": name, "agent": agent, "seed": seed,
                          "datasets": "+".join(d.split("/")[-1].removesuffix("-v0") for d in DATASETS[name]),
-                         "env_id": load_env_id(DATASETS[name]), "tokens": FLAVOURS[flavour][0], "context": "window",
+                         "env_id": load_env_id(DATASETS[name]), "tokens": agent_spec(agent)[1], "context": "window",
                          "protocol": "cpu", "updates": last.x, "score": last.score, "episodes": episodes,
                          "train_wall_s": training_seconds(log) if (log / "log.csv").exists() else np.nan,
                          "device": "cpu", "version": grid_version, "source": source})
@@ -293,7 +298,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
     p.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
-    p.add_argument("--agents", nargs="+", choices=AGENTS, default=AGENTS)
+    p.add_argument("--agents", nargs="+", choices=AGENTS, default=[a for a in AGENTS if a not in CANDIDATES])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--device", default="cpu")

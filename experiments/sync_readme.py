@@ -1,9 +1,9 @@
-"""Copy result tables into the README, so its numbers are exactly what the scripts wrote.
+"""Copy result tables into the README and docs/, so their numbers are exactly what the scripts wrote.
 
     python experiments/sync_readme.py
 
-Every README block `<!-- from results/NAME.md -->` ... `<!-- end results/NAME.md -->` is replaced by
-that file without its `# ` title line. Fails if a named file is missing.
+In README.md and every docs/**/*.md, each block `<!-- from results/NAME.md -->` ... `<!-- end results/NAME.md -->`
+is replaced by that file without its `# ` title line. Fails if a named file is missing.
 """
 
 import re
@@ -35,4 +35,5 @@ def sync(readme: Path, root: Path = ROOT) -> int:
 
 
 if __name__ == "__main__":
-    print(f"README.md: {sync(ROOT / 'README.md')} block(s) updated")
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        print(f"{page.relative_to(ROOT)}: {sync(page)} block(s) updated")

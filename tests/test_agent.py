@@ -7,7 +7,7 @@ import torch
 
 from decision_rnn import DecisionRNN, ModelConfig
 
-BACKBONES = ["mingru", "minlstm", "lru", "transformer"]
+BACKBONES = ["mingru", "minlstm", "lru", "transformer", "gru", "lstm"]
 OBS, ACT = 5, 3
 
 

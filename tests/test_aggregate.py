@@ -1,5 +1,5 @@
-"""Aggregate scores with bootstrap intervals (decision_rnn.evaluation.aggregate), against plain loops and
-scipy."""
+"""Aggregate scores with bootstrap intervals (decision_rnn.evaluation.aggregate), against plain loops, scipy and
+rliable."""
 
 import numpy as np
 import pytest
@@ -97,3 +97,20 @@ def test_bad_scores_are_refused(scores, message):
 def test_no_common_dataset_is_refused():
     with pytest.raises(ValueError, match="no dataset in common"):
         probability_of_improvement({"a": np.ones(2)}, {"b": np.ones(2)})
+
+
+def test_point_estimates_equal_rliables_on_fixed_scores():
+    """rliable (Agarwal et al.'s library) on the same runs: its mean of per-task means, IQM and probability of
+    improvement. rliable takes a (runs x tasks) matrix; ties and a collapsed run included."""
+    from rliable import metrics
+
+    x = np.array([[80.0, 55.0, 12.0], [91.5, 55.0, 70.0], [77.0, 61.0, 68.0], [3.0, 58.5, 71.0]])
+    y = np.array([[80.0, 40.0, 70.0], [60.0, 55.0, 70.0], [85.0, 62.0, 69.5]])
+    per_task = lambda m: {f"task{k}": m[:, k] for k in range(m.shape[1])}  # noqa: E731
+    result = aggregate(per_task(x), reps=100)
+    assert result["mean"][0] == pytest.approx(metrics.aggregate_mean(x))
+    assert result["iqm"][0] == pytest.approx(metrics.aggregate_iqm(x))
+    assert probability_of_improvement(per_task(x), per_task(y)) == pytest.approx(
+        metrics.probability_of_improvement(x, y))
+    assert improvement_interval(per_task(y), per_task(x), reps=100)[0] == pytest.approx(
+        metrics.probability_of_improvement(y, x))

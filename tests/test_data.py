@@ -493,6 +493,20 @@ def test_stream_sampler_walks_whole_episodes_in_chunks_and_carries_the_state():
     assert visits.min() > 0 and visits.max() < 2 * visits.mean(), visits
 
 
+def test_stream_sampler_restarts_a_stream_whose_state_is_not_finite():
+    """A skipped non-finite batch (`skip_nonfinite`) must not carry NaN into every later chunk of its streams."""
+    data = make_dataset([40, 40])
+    sampler = StreamSampler(data, chunk_len=4, batch_size=3, seed=0)
+    sampler.sample()
+    sampler.next_row = data.offsets[:1].repeat(3)  # every stream mid-way through episode 0: none ends here
+    sampler.episode = np.zeros(3, np.int64)
+    h, c = torch.ones(3, 2), torch.ones(3, 2, 5)
+    h[1, 0], c[2, 1, 3] = float("nan"), float("inf")
+    sampler.advance((h, c))
+    assert torch.equal(sampler.state[0], torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
+    assert torch.equal(sampler.state[1][0], torch.ones(2, 5)) and not sampler.state[1][1:].any()
+
+
 def test_stream_sampler_state_dict_resumes_exactly():
     data = make_dataset([3, 7, 25, 1, 40])
     a, b = StreamSampler(data, 5, 4, seed=1), StreamSampler(data, 5, 4, seed=2)

@@ -8,7 +8,7 @@ import torch
 from decision_rnn import DecisionRNN, ModelConfig
 from decision_rnn.export import export_onnx, export_torchscript, io_names
 
-BACKBONES = ["mingru", "minlstm", "lru", "transformer"]
+BACKBONES = ["mingru", "minlstm", "lru", "transformer", "gru", "lstm"]
 
 
 @pytest.mark.parametrize(("backbone", "activation", "tokens"),

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from decision_rnn import DecisionRNN, ModelConfig, Policy
-from decision_rnn.fused import FusedStep
+from decision_rnn.backbones import BACKBONES
+from decision_rnn.fused import KINDS, FusedStep
 
 RECURRENT = ["mingru", "minlstm", "lru"]
 
@@ -93,12 +94,32 @@ def test_policy_fused_runtime_acts_like_torch_on_a_logged_episode(embedded, back
     np.testing.assert_allclose(actions[1], actions[0], atol=1e-5)
 
 
-def test_fused_runtime_rejects_the_transformer_and_a_gpu():
-    model = random_model("mingru", "compact")
-    with pytest.raises(ValueError, match="recurrent backbones.*onnxruntime"):
-        FusedStep(DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone="transformer")))
+@pytest.mark.parametrize("backbone", sorted(set(BACKBONES) - set(KINDS)))
+def test_fused_runtime_refuses_other_backbones_and_a_gpu(backbone):
+    with pytest.raises(ValueError, match=f"recurrent backbones.*not '{backbone}'.*onnxruntime"):
+        FusedStep(DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, backbone=backbone, embed_dim=16, n_layers=1)))
     with pytest.raises(ValueError, match="runs on the CPU"):
-        Policy(model, runtime="fused", device="cuda")
+        Policy(random_model("mingru", "compact"), runtime="fused", device="cuda")
+
+
+@pytest.mark.parametrize(("tokens", "options"), [("compact", {"return_ln": True}), ("interleaved", {}),
+                                                 ("split", {"prev_action": False})])
+@pytest.mark.parametrize("backbone", RECURRENT)
+def test_every_parameter_and_buffer_is_read_by_the_fused_step_by_name(backbone, tokens, options):
+    """The weight table reads the model by name: it reads every parameter and buffer, and each one changes the
+    actions (a layer the table missed, or one read into the wrong slot, would not)."""
+    model = random_model(backbone, tokens, n_layers=2, **options)
+    names = set(model.state_dict())
+    assert FusedStep(model).used == names
+    fused = FusedStep(model)
+    base = rollout_actions(fused, fused.initial_state(2), B=2, T=6)
+    for name in sorted(names):
+        changed = copy.deepcopy(model)
+        with torch.no_grad():  # not a constant: LayerNorms would cancel a constant shift of a residual branch
+            tensor = changed.state_dict(keep_vars=True)[name]
+            tensor.add_(0.3 * torch.rand(tensor.shape, generator=torch.Generator().manual_seed(1)))
+        other = FusedStep(changed)
+        assert not np.allclose(rollout_actions(other, other.initial_state(2), B=2, T=6), base, atol=1e-6), name
 
 
 def test_vectorized_exp_is_accurate_on_the_nonpositive_half_line():

@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from decision_rnn.backbones import BACKBONES
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -151,11 +153,9 @@ def test_cells_are_keyed_by_context_and_only_the_current_defaults_are_reported(g
                          + [{"agent": "lru", "context": "window", "version": v - 1},  # older code: record
                             {"agent": "lru", "context": "window", "version": v},
                             {"agent": "d3rlpy-dt", "context": "window", "version": 1}])  # not our code: any version
-    from decision_rnn.config import default_context
-
     kept = grid.current(frame)
     assert [(r.agent, r.context) for r in kept.itertuples()] == [
-        ("mingru", default_context("mingru")), ("lru", "window"), ("d3rlpy-dt", "window")]
+        ("mingru", "window"), ("lru", "window"), ("d3rlpy-dt", "window")]
     assert list(kept.version)[:2] == [v, v]
     assert grid.agent_context("d3rlpy-dt") == "window"
     for old in grid.UNCHANGED:  # a run of `old` counts as current if no later version changed its agent
@@ -167,7 +167,7 @@ def test_cells_are_keyed_by_context_and_only_the_current_defaults_are_reported(g
 
 
 def test_context_report_counts_each_run_once_grid_first(grid, tmp_path):
-    spec = importlib.util.spec_from_file_location("context_report", EXPERIMENTS / "context_report.py")
+    spec = importlib.util.spec_from_file_location("context_report", EXPERIMENTS / "studies" / "context_report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     base = {"agent": "mingru", "tokens": "compact"}
@@ -198,7 +198,7 @@ def test_noise_line_reports_evaluation_and_seed_spread(grid):
 
 
 def test_recipe_ablation_summary_pairs_each_variant_with_the_grid_run_of_its_seed(grid):
-    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
+    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "studies" / "recipe_ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
     v = grid.CODE_VERSION
@@ -219,7 +219,7 @@ def test_recipe_ablation_summary_pairs_each_variant_with_the_grid_run_of_its_see
 
 
 def test_recipe_ablation_counts_a_run_under_the_variant_that_trains_the_same(grid):
-    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
+    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "studies" / "recipe_ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
     (variant, version), (alias, alias_version) = next(iter(ablation.SAME_TRAINING.items()))
@@ -266,7 +266,7 @@ def test_adopted_ablation_variants_train_what_their_grid_agent_trains_in_the_ado
     from decision_rnn import ModelConfig
     from decision_rnn.models.agent import DecisionRNN
 
-    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
+    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "studies" / "recipe_ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
     adopted_now = [(variant, base, flavour) for (variant, _), (version, base, flavour) in grid.ADOPTED.items()
@@ -304,7 +304,7 @@ def test_adoption_takes_only_runs_of_the_variant_on_its_base_flavour(grid, monke
 
 
 def test_ablation_variants_change_their_grid_agent(grid):
-    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "recipe_ablation.py")
+    spec = importlib.util.spec_from_file_location("recipe_ablation", EXPERIMENTS / "studies" / "recipe_ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
     assert ablation.variant_spec("minlstm-return-ln", "lr-3e-4") == ("minlstm", "compact", {"return_ln": True},
@@ -328,7 +328,7 @@ def test_agent_names_split_into_backbone_and_flavour_and_back(grid):
                                                                 {"lr_decay": "none"})
     for agent in grid.AGENTS[:-1]:  # all but d3rlpy's
         assert "".join(grid.split_agent(agent)) == agent
-        assert grid.split_agent(agent)[0] in ("mingru", "minlstm", "lru", "transformer")
+        assert grid.split_agent(agent)[0] in BACKBONES
     assert grid.agent_context("mingru-interleaved") == grid.agent_context("mingru") == "window"
 
 
@@ -354,14 +354,14 @@ def test_adopted_runs_become_grid_runs_of_the_adopting_version(grid, monkeypatch
 
 @pytest.mark.parametrize("tokens", ["compact", "split", "interleaved"])
 def test_window_actor_acts_as_a_training_window_and_as_the_policy_within_k_steps(grid, tokens):
-    """experiments/window_acting.py: within the first K steps the window is the whole episode, so it acts as
+    """experiments/studies/window_acting.py: within the first K steps the window is the whole episode, so it acts as
     the deployed policy; after K steps it forgets what fell out of the window and the two part."""
     import numpy as np
     import torch
 
     from decision_rnn import DecisionRNN, ModelConfig, Policy
 
-    spec = importlib.util.spec_from_file_location("window_acting", EXPERIMENTS / "window_acting.py")
+    spec = importlib.util.spec_from_file_location("window_acting", EXPERIMENTS / "studies" / "window_acting.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     torch.manual_seed(0)
@@ -394,7 +394,7 @@ def test_window_actor_acts_as_a_training_window_and_as_the_policy_within_k_steps
 
 @pytest.fixture(scope="module")
 def fall_anatomy(grid):
-    spec = importlib.util.spec_from_file_location("fall_anatomy", EXPERIMENTS / "fall_anatomy.py")
+    spec = importlib.util.spec_from_file_location("fall_anatomy", EXPERIMENTS / "studies" / "fall_anatomy.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

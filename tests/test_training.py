@@ -125,30 +125,10 @@ def test_resume_before_the_first_checkpoint_starts_clean_logs(embedded, tmp_path
     train(embedded, model_cfg, cfg, tmp_path / "full", progress=False)
     interrupted = tmp_path / "split"
     interrupted.mkdir()
-    (interrupted / "log.csv").write_text((tmp_path / "full" / "log.csv").read_text())  # rows, no checkpoint
+    for name in ("run.json", "log.csv"):  # a run with log rows but no checkpoint
+        (interrupted / name).write_text((tmp_path / "full" / name).read_text())
     train(embedded, model_cfg, cfg, interrupted, resume=True, progress=False)
     assert read_losses(interrupted) == read_losses(tmp_path / "full")  # 12 rows, not 24
-
-
-def test_a_checkpoint_from_before_the_v4_defaults_loads_and_resumes_as_it_was_built(embedded, tmp_path):
-    from dataclasses import replace
-
-    from decision_rnn.config import LEGACY_MODEL_DEFAULTS
-
-    model_cfg, cfg = small_configs(embedded, 10)
-    old_cfg = replace(model_cfg, **LEGACY_MODEL_DEFAULTS)  # GELU, PyTorch init: what such runs were built with
-    train(embedded, old_cfg, cfg, tmp_path, progress=False)
-    meta_path = next((tmp_path / "checkpoints").glob("step_*")) / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    for field in LEGACY_MODEL_DEFAULTS:  # a checkpoint written before these fields existed
-        del meta["model_config"][field]
-    meta_path.write_text(json.dumps(meta))
-    loaded, _ = load_model(tmp_path)
-    assert loaded.config == old_cfg and loaded.config.activation == "gelu"
-    _, longer = small_configs(embedded, 20)
-    assert train(embedded, old_cfg, longer, tmp_path, resume=True, progress=False)["steps"] == 20
-    with pytest.raises(CheckpointError, match=r"model\.activation: checkpoint 'gelu', now 'relu'"):
-        train(embedded, model_cfg, longer, tmp_path, resume=True, progress=False)
 
 
 def test_resume_with_another_config_is_refused_and_names_the_differences(embedded, tmp_path):
@@ -194,9 +174,10 @@ def test_trainer_state_with_arbitrary_objects_is_refused(embedded, tmp_path):
     model = build_model(embedded, small_configs(embedded, 1)[0])
     path = save_checkpoint(tmp_path, model, 1, trainer_state={"step": 1})
     torch.save({"step": 1, "payload": Payload()}, path / "trainer.pt")
-    meta = json.loads((path / "meta.json").read_text())
-    meta["sha256"]["trainer.pt"] = ckpt_mod._sha256(path / "trainer.pt")  # a consistent, hostile checkpoint
-    (path / "meta.json").write_text(json.dumps(meta))
+    sums = (path / ckpt_mod.SUMS).read_text().splitlines()
+    sums = [f"{ckpt_mod._sha256(path / 'trainer.pt')}  trainer.pt" if line.endswith(" trainer.pt") else line
+            for line in sums]
+    (path / ckpt_mod.SUMS).write_text("\n".join(sums) + "\n")  # a consistent, hostile checkpoint
     with pytest.raises(CheckpointError, match="trainer.pt holds objects other than tensors"):
         ckpt_mod.load_trainer_state(path)
 
@@ -205,10 +186,14 @@ def test_interrupted_save_leaves_previous_checkpoint_in_place(embedded, tmp_path
     model = build_model(embedded, small_configs(embedded, 1)[0])
     first = save_checkpoint(tmp_path, model, 1)
 
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt("power cut while writing weights")
+    real_write = ckpt_mod._write_file
 
-    monkeypatch.setattr(ckpt_mod, "save_file", crash)
+    def crash(path, data):
+        if path.name == "model.safetensors":
+            raise KeyboardInterrupt("power cut while writing weights")
+        real_write(path, data)
+
+    monkeypatch.setattr(ckpt_mod, "_write_file", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, model, 2)
     monkeypatch.undo()
@@ -259,15 +244,6 @@ def test_nonpositive_training_settings_are_refused_by_name(field):
         validate(ModelConfig(obs_dim=1, act_dim=1), TrainConfig(grad_clip=0.0))
 
 
-def test_a_fresh_start_drops_log_rows_an_earlier_start_left(embedded, tmp_path):
-    """A start that died before its first checkpoint leaves log rows; starting again without resume drops them."""
-    model_cfg, cfg = small_configs(embedded, 6, checkpoint_every=100)
-    train(embedded, model_cfg, cfg, tmp_path, progress=False)
-    (tmp_path / "checkpoints").rename(tmp_path / "gone")  # as if it had died before its first checkpoint
-    train(embedded, model_cfg, cfg, tmp_path, progress=False)
-    assert len(read_losses(tmp_path)) == 6
-
-
 def test_a_cosine_run_resumes_only_with_its_own_length(embedded, tmp_path):
     model_cfg, cfg = small_configs(embedded, 10, lr_decay="cosine")
     train(embedded, model_cfg, cfg, tmp_path, progress=False)
@@ -287,3 +263,105 @@ def test_run_config_is_self_describing(embedded, tmp_path):
     assert meta["model_config"]["backbone"] == "mingru"
     assert meta["train_config"]["steps"] == 10
     assert meta["env_id"] == "Hopper-v5" and meta["datasets"]
+
+
+def nan_loss_at(monkeypatch, calls: set[int]):
+    """Make `DecisionRNN.loss` return NaN (with a gradient) at the given 1-based calls."""
+    from decision_rnn.models import DecisionRNN
+
+    real_loss, count = DecisionRNN.loss, [0]
+
+    def loss(self, batch, return_state=False):
+        out = real_loss(self, batch, return_state=return_state)
+        count[0] += 1
+        if count[0] not in calls:
+            return out
+        value = out[0] if return_state else out
+        value = value * float("nan")
+        return (value, out[1]) if return_state else value
+
+    monkeypatch.setattr(DecisionRNN, "loss", loss)
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(embedded, tmp_path, monkeypatch):
+    from decision_rnn.training import NonFiniteError
+
+    model_cfg, cfg = small_configs(embedded, 30, checkpoint_every=10)
+    nan_loss_at(monkeypatch, {13})
+    with pytest.raises(NonFiniteError, match=r"at step 13 .*step_00000010, is intact.*--resume"):
+        train(embedded, model_cfg, cfg, tmp_path, progress=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_00000010"]
+    model, meta = load_model(tmp_path)
+    assert meta["step"] == 10 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert len(read_losses(tmp_path)) == 12  # nothing logged from the bad update on
+    assert train(embedded, model_cfg, cfg, tmp_path, resume=True, progress=False)["steps"] == 30
+
+
+def test_without_a_sync_per_update_a_nan_is_caught_at_the_next_log_and_never_saved(embedded, tmp_path, monkeypatch):
+    """The CUDA path (the flag stays on the device, read at log rows and checkpoints), run on the CPU."""
+    from decision_rnn.training import NonFiniteError
+
+    model_cfg, cfg = small_configs(embedded, 30, checkpoint_every=10, log_every=5)
+    trainer = Trainer(build_model(embedded, model_cfg), embedded, cfg, tmp_path)
+    trainer._check_each_update = False
+    nan_loss_at(monkeypatch, {13})
+    with pytest.raises(NonFiniteError, match=r"at step 13: .*step_00000010, is intact"):
+        trainer.fit(progress=False)
+    assert trainer.step == 15  # caught at the log row of step 15; weights past step 13 are not saved
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_00000010"]
+    assert [int(float(r)) for r in read_column(tmp_path, "step")] == [5, 10]
+
+
+def read_column(run_dir, name):
+    with open(run_dir / "log.csv") as f:
+        return [r[name] for r in csv.DictReader(f)]
+
+
+def test_skip_nonfinite_skips_the_batch_without_a_step_and_counts_it(embedded, tmp_path, monkeypatch):
+    model_cfg, cfg = small_configs(embedded, 20, skip_nonfinite=True)
+    trainer = Trainer(build_model(embedded, model_cfg), embedded, cfg, tmp_path)
+    for _ in range(4):
+        trainer.update()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    adam_steps = [s["step"].clone() for s in trainer.optimizer.state.values()]
+    nan_loss_at(monkeypatch, {1})
+    trainer.update()  # the fifth batch: NaN, skipped
+    assert trainer.step == 5 and trainer.skipped == 1
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed on a skipped batch"
+    assert [s["step"] for s in trainer.optimizer.state.values()] == adam_steps
+    monkeypatch.undo()
+    nan_loss_at(monkeypatch, {3, 8})
+    summary = train(embedded, model_cfg, cfg, tmp_path / "run", progress=False)
+    assert summary["steps"] == 20 and summary["skipped"] == 2
+    assert [int(s) for s in read_column(tmp_path / "run", "skipped")][-1] == 2
+    model, _ = load_model(tmp_path / "run")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_non_finite_weights_are_never_saved(embedded, tmp_path):
+    from decision_rnn.training import NonFiniteError
+
+    model_cfg, cfg = small_configs(embedded, 10)
+    trainer = Trainer(build_model(embedded, model_cfg), embedded, cfg, tmp_path)
+    trainer.update()
+    trainer.save()
+    with torch.no_grad():
+        next(trainer.model.parameters())[0] = float("inf")
+    trainer.update()
+    with pytest.raises(NonFiniteError, match="weights are not finite at step 2; they were not saved"):
+        trainer.save()
+    _, meta = load_model(tmp_path)
+    assert meta["step"] == 1
+
+
+def test_the_checkpoint_is_saved_before_the_periodic_evaluation(embedded, tmp_path):
+    def failing_evaluation(model, step):
+        raise RuntimeError("the environment crashed")
+
+    model_cfg, cfg = small_configs(embedded, 20, checkpoint_every=10, eval_every=10)
+    with pytest.raises(RuntimeError, match="the environment crashed"):
+        train(embedded, model_cfg, cfg, tmp_path, eval_hook=failing_evaluation, progress=False)
+    _, meta = load_model(tmp_path)
+    assert meta["step"] == 10

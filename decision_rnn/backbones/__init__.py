@@ -15,6 +15,7 @@ from .base import Backbone, State
 from .lru import LRU
 from .mingru import MinGRU
 from .minlstm import MinLSTM
+from .rnn import GRU, LSTM
 from .transformer import Transformer
 
 BACKBONES: dict[str, type[Backbone]] = {
@@ -22,6 +23,8 @@ BACKBONES: dict[str, type[Backbone]] = {
     "minlstm": MinLSTM,
     "lru": LRU,
     "transformer": Transformer,
+    "gru": GRU,
+    "lstm": LSTM,
 }
 
 
@@ -32,4 +35,4 @@ def build(name: str, dim: int, n_layers: int, **options) -> nn.Module:
     return BACKBONES[name](dim, n_layers, **options)
 
 
-__all__ = ["BACKBONES", "LRU", "Backbone", "MinGRU", "MinLSTM", "State", "Transformer", "build"]
+__all__ = ["BACKBONES", "GRU", "LRU", "LSTM", "Backbone", "MinGRU", "MinLSTM", "State", "Transformer", "build"]

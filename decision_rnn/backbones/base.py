@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ACTIVATIONS as ACTIVATION_NAMES
+
 State = tuple[torch.Tensor, ...]
 
 
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+ACTIVATIONS = {name: getattr(F, name) for name in ACTIVATION_NAMES}  # the names: `decision_rnn.config`
 
 
 class MLP(nn.Module):

@@ -7,8 +7,15 @@ Sequences", arXiv 2303.06349; Sec. 3 and the JAX code of its Appendix A).
 
 Ring initialisation: |lambda| uniform on the ring [r_min, r_max] (area-uniform), phase uniform in
 [0, max_phase]; gamma_log starts at log sqrt(1 - |lambda|^2), which keeps E|h|^2 at the scale of the
-input (Sec. 3.3). Complex numbers are kept as (real, imaginary) pairs of real tensors, so the state is
-real and the module works in float32 and float64 alike.
+input (Sec. 3.3). The state is the (real, imaginary) pair of h as two real tensors, and `step` computes
+in real arithmetic on such pairs (exportable to ONNX); `forward` runs the scan on complex tensors, with
+the in- and out-projections' real and imaginary rows interleaved so that one matmul each side fills or
+reads the complex view of a real tensor (`torch.view_as_complex`): no copies of activations.
+
+Precision: lambda, gamma * (B x) and the scan run in float32 (float64 in a float64 module) whatever the
+autocast dtype; |lambda| near 1 is where bf16 would lose the state (`scan.py`). `scan` picks the
+scan's backend: "linear" (default: the Triton kernel for CUDA tensors when Triton imports, else torch)
+or "triton" (always the kernel).
 """
 
 from __future__ import annotations
@@ -20,15 +27,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Backbone
-from .scan import cmul, complex_linear_scan
+from .scan import cast, cmul, complex_linear_scan, float32_region, upcast
+
+SCANS = ("linear", "triton")
 
 
 class LRUMixer(nn.Module):
     """The LRU recurrence. State: (h_re, h_im), each (B, state_dim)."""
 
-    def __init__(self, dim: int, state_dim: int, r_min: float, r_max: float, max_phase: float):
+    def __init__(self, dim: int, state_dim: int, r_min: float, r_max: float, max_phase: float,
+                 scan: str = "linear"):
         super().__init__()
-        self.state_dim = state_dim
+        if scan not in SCANS:
+            raise ValueError(f"unknown scan {scan!r}; choices: {list(SCANS)}")
+        self.state_dim, self.scan = state_dim, scan
         u1, u2 = torch.rand(state_dim).clamp_min(1e-12), torch.rand(state_dim)  # u1 = 0 and r_min = 0: log(0)
         nu_log = torch.log(-0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2))
         self.nu_log = nn.Parameter(nu_log)  # (N,)
@@ -57,14 +69,26 @@ class LRUMixer(nn.Module):
         return F.linear(h_re, self.C_re) - F.linear(h_im, self.C_im) + self.D * x
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        h_re, h_im = complex_linear_scan(*self._lambda(), *self._input(x), *state)  # (B, T, N) each
-        return self._output(h_re, h_im, x), (h_re[:, -1].clone(), h_im[:, -1].clone())
+        with float32_region(x):
+            x_in, h0_re, h0_im = upcast(x, *state)  # (B, T, dim), (B, N), (B, N)
+            gamma = torch.exp(self.gamma_log).unsqueeze(-1)  # (N, 1)
+            w_in = torch.stack([gamma * self.B_re, gamma * self.B_im], dim=1).flatten(0, 1)  # (2N, dim): re, im rows
+            u = torch.view_as_complex(F.linear(x_in, cast(w_in, x_in.dtype)).unflatten(-1, (-1, 2)))  # (B, T, N)
+            h = complex_linear_scan(torch.complex(*self._lambda()), u, torch.complex(h0_re, h0_im),
+                                    backend="triton" if self.scan == "triton" else "auto")  # (B, T, N)
+        w_out = torch.stack([self.C_re, -self.C_im], dim=2).flatten(1, 2)  # (dim, 2N): Re(C h) on re, im pairs
+        y = F.linear(cast(torch.view_as_real(h).flatten(-2), x.dtype), w_out) + self.D * x
+        last = h[:, -1]  # copies (views would keep all of h alive), in the state's dtype
+        return y, (last.real.to(state[0].dtype, copy=True), last.imag.to(state[1].dtype, copy=True))
 
     def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        u_re, u_im = self._input(x)  # (B, N)
-        h_re, h_im = cmul(*self._lambda(), *state)
-        h_re, h_im = h_re + u_re, h_im + u_im
-        return self._output(h_re, h_im, x), (h_re, h_im)
+        with float32_region(x):
+            x_in, h_re, h_im = upcast(x, *state)  # (B, dim), (B, N), (B, N)
+            u_re, u_im = self._input(x_in)
+            h_re, h_im = cmul(*self._lambda(), h_re, h_im)
+            h_re, h_im = h_re + u_re, h_im + u_im
+        y = self._output(cast(h_re, x.dtype), cast(h_im, x.dtype), x)
+        return y, (cast(h_re, state[0].dtype), cast(h_im, state[1].dtype))
 
 
 class LRU(Backbone):
@@ -72,15 +96,13 @@ class LRU(Backbone):
 
     def __init__(self, dim: int, n_layers: int, *, state_dim: int | None = None, r_min: float = 0.0,
                  r_max: float = 0.999, max_phase: float = 2 * math.pi, mlp_expansion: int = 4,
-                 dropout: float = 0.0, activation: str = "relu"):
+                 dropout: float = 0.0, activation: str = "relu", scan: str = "linear"):
         """`state_dim`: complex state size N (default 2 * dim; the paper tunes it per task).
         `r_min`, `r_max`, `max_phase`: ring init. The paper trains most Long Range Arena tasks from the ring
-        0.9 / 0.999 / 2 pi (Sec. 3.3, appendix hyper-parameters); its Appendix A code defaults to r_min=0.
-        We take r_min=0: from 0.9 up every channel averages over 10 steps or more, half of DT's 20-step
-        window. In the CPU results grid (README) the ring from 0 scored 59.8 against 57.2 on average over
-        six datasets, 3 seeds each: +26.5 on hopper-medium, -16.5 on walker2d-mixed, noisy in between.
+        0.9 / 0.999 / 2 pi (Sec. 3.3, appendix hyper-parameters); its Appendix A code defaults to r_min=0,
+        as here: from 0.9 up every channel averages over 10 steps or more, half of DT's 20-step window.
         `mlp_expansion`: MLP width / dim (GPT-2 and DT: 4). `dropout`: on the residual branches.
-        `activation`: the MLP's, "gelu" or "relu"."""
+        `activation`: the MLP's, "gelu" or "relu". `scan`: the scan's backend (module docstring)."""
         N = state_dim or 2 * dim
-        super().__init__(dim, n_layers, lambda: LRUMixer(dim, N, r_min, r_max, max_phase),
+        super().__init__(dim, n_layers, lambda: LRUMixer(dim, N, r_min, r_max, max_phase, scan),
                          mlp_expansion=mlp_expansion, dropout=dropout, activation=activation)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gymnasium as gym
 import h5py
@@ -52,7 +54,7 @@ def load_d4rl(path: str | os.PathLike, *, env_id: str | None = None) -> Trajecto
     file name (``hopper-medium-v2.hdf5``), each mapped by :func:`d4rl_env_id`.
     """
     path = pathlib.Path(path)
-    with h5py.File(path, "r") as file:
+    with unreadable_hdf5(path), h5py.File(path, "r") as file:
         missing = [key for key in D4RL_KEYS if key not in file]
         if missing:
             raise ValueError(
@@ -64,7 +66,8 @@ def load_d4rl(path: str | os.PathLike, *, env_id: str | None = None) -> Trajecto
     try:
         env_id = d4rl_env_id(name)
     except ValueError as error:
-        message = f"{path}: cannot tell the environment from {name!r}, pass env_id=... ({error})"
+        message = (f"{path}: cannot tell the environment from {name!r} ({error}); pass env_id=..., e.g. "
+                   "env_id='Hopper-v5' (on the command line: --env-id Hopper-v5)")
         raise ValueError(message) from None
 
     n = len(data["observations"])
@@ -103,3 +106,15 @@ def load_d4rl(path: str | os.PathLike, *, env_id: str | None = None) -> Trajecto
 def _attr(file: h5py.File, key: str) -> str | None:
     value = file.attrs.get(key)
     return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
+
+
+@contextmanager
+def unreadable_hdf5(path: pathlib.Path) -> Iterator[None]:
+    """Turn h5py's error for a damaged file (which does not name it) into a ValueError that does."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, FileNotFoundError | PermissionError):
+            raise
+        raise ValueError(f"{path} is not a readable HDF5 file ({e}): it may be truncated by an interrupted "
+                         "download or copy; fetch it again") from e

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from decision_rnn.data.scores import normalized_score
+
 OBS_STD_FLOOR = 1e-6
 """Lower bound on ``obs_std``: a constant feature gets std 1e-6 (normalizes to 0) instead of 0 (NaN).
 
@@ -93,6 +95,12 @@ class TrajectoryDataset:
         # Return-to-go from prefix sums in float64: rtg[t] = S[end] - S[t] with S[t] = sum(r[:t]).
         prefix = np.concatenate([[0.0], np.cumsum(self.rewards, dtype=np.float64)])  # (N+1,)
         self.returns_to_go = (prefix[self.offsets[1:]][episode_of_row] - prefix[:n]).astype(np.float32)
+        overflow = np.flatnonzero(~np.isfinite(self.returns_to_go))
+        if overflow.size:
+            e = int(episode_of_row[overflow[0]])
+            raise ValueError(f"the returns-to-go of {self.describe_episode(e)} overflow float32 from step "
+                             f"{overflow[0] - self.offsets[e]}: its rewards sum beyond {np.finfo(np.float32).max:.3g}; "
+                             "rescale the rewards")
         self.timesteps = np.arange(n, dtype=np.int64) - np.repeat(self.offsets[:-1], lengths)
         self.episode_lengths = lengths
         self.episode_returns = prefix[self.offsets[1:]] - prefix[self.offsets[:-1]]  # (E,) float64
@@ -132,7 +140,7 @@ class TrajectoryDataset:
         """Per-episode D4RL-normalized returns on the x100 scale, from ``ref_min_score``/``ref_max_score``."""
         if self.ref_min_score is None or self.ref_max_score is None:
             raise ValueError(f"{self.ids}: no reference scores for {self.env_id}, cannot normalize returns")
-        return 100.0 * (self.episode_returns - self.ref_min_score) / (self.ref_max_score - self.ref_min_score)
+        return normalized_score(self.env_id, self.episode_returns, (self.ref_min_score, self.ref_max_score))
 
     def __repr__(self) -> str:
         return (

@@ -22,6 +22,7 @@ import minari  # the installed package (absolute import), not this module
 import numpy as np
 from minari.storage import get_dataset_path
 
+from decision_rnn.data.d4rl import unreadable_hdf5
 from decision_rnn.data.episodes import DatasetNotFoundError, TrajectoryDataset
 from decision_rnn.data.scores import REF_SCORES, env_family
 
@@ -40,13 +41,15 @@ def open_minari(source: str | os.PathLike, *, download: bool = False) -> minari.
     if path.is_dir():
         for data_path in (path / "data", path):
             if (data_path / "metadata.json").is_file():
-                return minari.MinariDataset(data_path)
+                with unreadable_hdf5(data_path / "main_data.hdf5"):
+                    return minari.MinariDataset(data_path)
         raise DatasetNotFoundError(f"{path} is a directory but not a Minari dataset (no data/metadata.json)")
 
     dataset_id = str(source)
     if not (get_dataset_path(dataset_id) / "data").is_dir() and not download:
         raise DatasetNotFoundError(_not_found_message(dataset_id))
-    return minari.load_dataset(dataset_id, download=download)
+    with unreadable_hdf5(get_dataset_path(dataset_id) / "data" / "main_data.hdf5"):
+        return minari.load_dataset(dataset_id, download=download)
 
 
 def _not_found_message(dataset_id: str) -> str:
@@ -58,7 +61,7 @@ def _not_found_message(dataset_id: str) -> str:
         f"Minari dataset {dataset_id!r} not found: searched {root} "
         f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '<unset>')}); local dataset ids: "
         f"{local or 'none'}. It is not a file or directory relative to {os.getcwd()} either. "
-        "Pass download=True to fetch it from the Minari server."
+        "Pass download=True (on the command line: --download) to fetch it from the Minari server."
     )
     if re.fullmatch(r"(hopper|walker2d|halfcheetah|ant)-[-\w]*-v\d+", dataset_id):
         message += " D4RL datasets are loaded from the path of their HDF5 file."
@@ -135,7 +138,7 @@ def _reference_scores(dataset_id: str, env_id: str, metadata: dict) -> tuple[flo
 def _read_hdf5(dataset: minari.MinariDataset) -> Iterator[dict[str, np.ndarray]]:
     """Episodes of an HDF5-backed dataset, read with h5py's low-level API (see module docstring)."""
     path = pathlib.Path(dataset.storage.data_path) / "main_data.hdf5"
-    with h5py.File(path, "r") as file:
+    with unreadable_hdf5(path), h5py.File(path, "r") as file:
         for episode_id in dataset.episode_indices:
             episode = {}
             for key in _KEYS:

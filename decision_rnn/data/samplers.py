@@ -10,6 +10,14 @@ episode (length + K - 1 of them), so short episodes weigh a little more. Batches
 
 Every sampler has ``sample()``, a numpy ``rng``, and ``state_dict()`` / ``load_state_dict()`` for exact
 resume.
+
+Data parallel training (``rank``, ``world_size``): ``batch_size`` is the global batch. Every rank draws the
+global batch's indices from the same seeded stream (integers, cheap) and gathers only its own contiguous share of
+the rows, ``rank * b:(rank + 1) * b`` with ``b = batch_size // world_size``; the ranks' batches, stacked, are the
+one-process batch (episodes: each rank pads to its own longest). So the data a run sees does not depend on how many
+ranks it runs on, and resuming with another number of ranks continues the same stream. Each shard also carries the
+global batch's count of real steps (``Batch.global_real``), with which the trainer weights its loss so that the
+ranks' averaged gradient is the global batch's.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ class Batch:
     state: tuple[torch.Tensor, ...] | None = None
     """Backbone state each row starts from (stream context: carried over from the row's previous
     chunk); None: the all-zero fresh start."""
+    global_real: int | None = None
+    """A rank's shard of a global batch: the number of real (unmasked) steps in the whole global batch.
+    None: this batch is the whole batch."""
 
     def to(self, device: str | torch.device, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device``."""
@@ -45,12 +56,21 @@ class Batch:
         def move(value):
             if isinstance(value, tuple):
                 return tuple(move(v) for v in value)
-            return None if value is None else value.to(device, non_blocking=non_blocking)
+            return value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
 
         return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
 
-def _gather(dataset: TrajectoryDataset, rows: np.ndarray, valid: np.ndarray, device: torch.device) -> Batch:
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` as a tensor on ``device``; to CUDA through pinned memory, so the copy does not block the host."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _gather(dataset: TrajectoryDataset, rows: np.ndarray, valid: np.ndarray, device: torch.device,
+            global_real: int | None = None) -> Batch:
     """Batch of ``dataset`` rows ``rows (B, T)``; positions where ``valid`` is False become padding."""
     rows = np.where(valid, rows, 0)  # any in-range row; zeroed below
     arrays = {
@@ -63,18 +83,33 @@ def _gather(dataset: TrajectoryDataset, rows: np.ndarray, valid: np.ndarray, dev
     arrays["prev_actions"][arrays["timesteps"] == 0] = 0
     for array in arrays.values():
         array[~valid] = 0
-    tensors = {name: torch.from_numpy(array).to(device) for name, array in arrays.items()}
-    return Batch(**tensors, mask=torch.from_numpy(valid).to(device))
+    tensors = {name: _to_device(array, device) for name, array in arrays.items()}
+    return Batch(**tensors, mask=_to_device(valid, device), global_real=global_real)
 
 
 class _Sampler:
-    """What every sampler holds (data, batch size, device, numpy generator) and its resume state."""
+    """What every sampler holds (data, global batch size, this rank's rows of it, device, numpy generator) and its
+    resume state."""
 
-    def __init__(self, dataset: TrajectoryDataset, batch_size: int, seed, device):
+    def __init__(self, dataset: TrajectoryDataset, batch_size: int, seed, device, rank: int = 0, world_size: int = 1):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"the batch of {batch_size} (the global batch) does not split evenly over {world_size} "
+                             f"ranks; use a multiple of {world_size}")
         self.dataset = dataset
         self.batch_size = batch_size
+        self.world_size = world_size
+        share = batch_size // world_size
+        self.rows = slice(rank * share, (rank + 1) * share)  # this rank's rows of every global batch
         self.device = torch.device(device)
         self.rng = _rng(seed)
+
+    def _shard(self, rows: np.ndarray, valid: np.ndarray) -> Batch:
+        """This rank's rows of the global batch ``rows``, ``valid`` (B, T), gathered."""
+        if self.world_size == 1:
+            return _gather(self.dataset, rows, valid, self.device)
+        return _gather(self.dataset, rows[self.rows], valid[self.rows], self.device, int(valid.sum()))
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
@@ -113,19 +148,21 @@ class WindowSampler(_Sampler):
         seed: int | np.random.Generator | None = 0,
         device: str | torch.device = "cpu",
         align: str = "start",
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if context_len < 1 or batch_size < 1:
             raise ValueError(f"context_len and batch_size must be >= 1, got {context_len}, {batch_size}")
         if align not in WINDOW_ALIGNS:
             raise ValueError(f"align must be one of {WINDOW_ALIGNS}, got {align!r}")
-        super().__init__(dataset, batch_size, seed, device)
+        super().__init__(dataset, batch_size, seed, device, rank, world_size)
         self.align = align
         self.context_len = context_len
         # align="uniform": episode e owns windows slots[e]:slots[e + 1], one per first step it may start at
         self._slots = np.concatenate(([0], np.cumsum(dataset.episode_lengths + context_len - 1)))
 
     def sample(self) -> Batch:
-        """One batch, ``(batch_size, context_len)``."""
+        """One batch, ``(batch_size / world_size, context_len)``."""
         data = self.dataset
         K = self.context_len
         if self.align == "uniform":
@@ -143,7 +180,7 @@ class WindowSampler(_Sampler):
                 starts, stops = np.maximum(drawn - K + 1, data.offsets[episode]), drawn + 1
         rows = starts[:, None] + np.arange(K)  # (B, K)
         valid = rows < stops[:, None]  # (B, K)
-        return _gather(data, rows, valid, self.device)
+        return self._shard(rows, valid)
 
 
 class EpisodeSampler(_Sampler):
@@ -163,24 +200,28 @@ class EpisodeSampler(_Sampler):
         max_len: int | None = None,
         seed: int | np.random.Generator | None = 0,
         device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if batch_size < 1 or (max_len is not None and max_len < 1):
             raise ValueError(f"batch_size and max_len must be >= 1, got {batch_size}, {max_len}")
-        super().__init__(dataset, batch_size, seed, device)
+        super().__init__(dataset, batch_size, seed, device, rank, world_size)
         self.max_len = max_len
 
     def sample(self) -> Batch:
-        """One batch, ``(batch_size, T)`` with ``T`` the longest (cropped) episode drawn."""
+        """One batch, ``(batch_size / world_size, T)`` with ``T`` the longest (cropped) episode in it."""
         data = self.dataset
         steps = self.rng.integers(0, data.num_steps, size=self.batch_size)  # (B,)
         episode = np.searchsorted(data.offsets, steps, side="right") - 1  # (B,) proportional to length
         lengths = data.episode_lengths[episode]  # (B,)
         if self.max_len is not None:
             lengths = np.minimum(lengths, self.max_len)
+        episode, total = episode[self.rows], int(lengths.sum())
+        lengths = lengths[self.rows]  # this rank's episodes, padded to the longest of them
         positions = np.arange(lengths.max())  # (T,)
-        rows = data.offsets[episode][:, None] + positions  # (B, T)
-        valid = positions < lengths[:, None]  # (B, T)
-        return _gather(data, rows, valid, self.device)
+        rows = data.offsets[episode][:, None] + positions  # (b, T)
+        valid = positions < lengths[:, None]  # (b, T)
+        return _gather(data, rows, valid, self.device, None if self.world_size == 1 else total)
 
 
 class StreamSampler(_Sampler):
@@ -203,21 +244,24 @@ class StreamSampler(_Sampler):
         *,
         seed: int | np.random.Generator | None = 0,
         device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if chunk_len < 1 or batch_size < 1:
             raise ValueError(f"chunk_len and batch_size must be >= 1, got {chunk_len}, {batch_size}")
-        super().__init__(dataset, batch_size, seed, device)
+        super().__init__(dataset, batch_size, seed, device, rank, world_size)
         self.chunk_len = chunk_len
         drawn = self.rng.integers(0, dataset.num_steps, size=batch_size)  # (B,) uniform over all steps
         self.episode = np.searchsorted(dataset.offsets, drawn, side="right") - 1  # (B,)
         self.next_row = drawn  # (B,) dataset row the stream's next chunk starts at
-        self.state: tuple[torch.Tensor, ...] | None = None  # carried backbone state; None: all zero
+        self.state: tuple[torch.Tensor, ...] | None = None  # this rank's streams' backbone state; None: all zero
 
     def sample(self) -> Batch:
-        """The streams' next chunks, ``(batch_size, chunk_len)``, with the state each starts from."""
+        """This rank's streams' next chunks, ``(batch_size / world_size, chunk_len)``, with the state each starts
+        from. Every rank walks all ``batch_size`` streams' positions; each carries only its own streams' state."""
         rows = self.next_row[:, None] + np.arange(self.chunk_len)  # (B, C)
         valid = rows < self.dataset.offsets[self.episode + 1][:, None]
-        batch = _gather(self.dataset, rows, valid, self.device)
+        batch = self._shard(rows, valid)
         batch.state = self.state
         return batch
 
@@ -228,15 +272,22 @@ class StreamSampler(_Sampler):
         ended = self.next_row >= data.offsets[self.episode + 1]  # (B,)
         new = self.rng.integers(0, data.num_episodes, size=int(ended.sum()))
         self.episode[ended], self.next_row[ended] = new, data.offsets[new]
-        keep = torch.from_numpy(~ended).to(self.device)
-        self.state = tuple(s.detach() * keep.view(-1, *[1] * (s.dim() - 1)).to(s.dtype) for s in final_state)
+        # a stream whose episode ended, or whose state is not finite (a batch the trainer skipped), starts from zero
+        keep = _to_device(~ended[self.rows], self.device)
+        for s in final_state:
+            keep = keep & torch.isfinite(s.detach()).flatten(1).all(1)
+        self.state = tuple(torch.where(keep.view(-1, *[1] * (s.dim() - 1)), s.detach(), torch.zeros_like(s))
+                           for s in final_state)
 
     def state_dict(self) -> dict:
+        """The streams' positions and this rank's carried state (data parallel: the trainer stacks the ranks'
+        states into the global batch's before saving)."""
         state = None if self.state is None else [s.cpu() for s in self.state]
         return {**super().state_dict(), "episode": self.episode.copy(), "next_row": self.next_row.copy(),
                 "state": state}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore from a state whose carried state holds all ``batch_size`` streams; this rank keeps its rows."""
         super().load_state_dict(state)
         self.episode, self.next_row = state["episode"].copy(), state["next_row"].copy()
-        self.state = None if state["state"] is None else tuple(s.to(self.device) for s in state["state"])
+        self.state = None if state["state"] is None else tuple(s[self.rows].to(self.device) for s in state["state"])

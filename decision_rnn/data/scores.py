@@ -1,10 +1,10 @@
-"""D4RL-normalized scores: ``100 * (return - REF_MIN) / (REF_MAX - REF_MIN)``.
+"""D4RL-normalized scores: ``100 * (return - ref_min) / (ref_max - ref_min)``, the one place they are computed.
 
-0 is a random policy and 100 an expert, on D4RL's reference returns (``d4rl/infos.py``,
-``REF_MIN_SCORE`` / ``REF_MAX_SCORE``), the same numbers the Minari ports of D4RL store as
-``ref_min_score`` / ``ref_max_score`` in their metadata. The table is keyed by environment family
-(``"hopper"``); :func:`env_family` maps gymnasium ids (``"Hopper-v5"``) and D4RL dataset names
-(``"hopper-medium-v2"``) to it.
+0 is a random policy and 100 an expert. The reference returns are a dataset's own where it carries them (Minari's
+ports of D4RL store ``ref_min_score`` / ``ref_max_score`` in their metadata, which ``minari.get_normalized_score``
+reads: this is its formula, x100, tested equal), else D4RL's (``d4rl/infos.py``, ``REF_MIN_SCORE`` /
+``REF_MAX_SCORE``): the same numbers. The table is keyed by environment family (``"hopper"``); :func:`env_family`
+maps gymnasium ids (``"Hopper-v5"``) and D4RL dataset names (``"hopper-medium-v2"``) to it.
 """
 
 from __future__ import annotations
@@ -49,8 +49,12 @@ def ref_scores(env_id: str) -> RefScores:
     return REF_SCORES[env_family(env_id)]
 
 
-def normalized_score(env_id: str, returns: float | np.ndarray) -> float | np.ndarray:
-    """D4RL-normalized score on the x100 scale; a float for a scalar, an array for an array."""
-    ref = ref_scores(env_id)
-    scores = 100.0 * (np.asarray(returns, dtype=np.float64) - ref.min) / (ref.max - ref.min)
+def normalized_score(env_id: str, returns: float | np.ndarray,
+                     ref: tuple[float | None, float | None] | None = None) -> float | np.ndarray:
+    """D4RL-normalized score on the x100 scale; a float for a scalar, an array for an array.
+
+    ``ref``: the (min, max) reference returns to normalize with (a dataset's); None, or a None in it: D4RL's for
+    ``env_id`` (a ValueError when it has none)."""
+    low, high = ref_scores(env_id) if ref is None or None in ref else ref
+    scores = 100.0 * (np.asarray(returns, dtype=np.float64) - low) / (high - low)
     return float(scores) if scores.ndim == 0 else scores

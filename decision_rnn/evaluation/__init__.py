@@ -2,7 +2,7 @@
 
 from .aggregate import aggregate, improvement_interval, iqm, probability_of_improvement
 from .report import evaluate_run, format_summary, summarize
-from .rollout import DEFAULT_TARGET_RETURNS, default_target_return, make_envs, make_eval_hook, rollout
+from .rollout import DEFAULT_TARGET_RETURNS, default_target_return, make_envs, make_eval_hook, rollout, rollouts, shards
 
 __all__ = [
     "aggregate",
@@ -16,5 +16,7 @@ __all__ = [
     "make_eval_hook",
     "probability_of_improvement",
     "rollout",
+    "rollouts",
+    "shards",
     "summarize",
 ]

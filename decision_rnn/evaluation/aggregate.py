@@ -10,8 +10,10 @@ paper's remedies, computed here:
 - 95% percentile intervals from a stratified bootstrap: runs are resampled with replacement within each
   dataset, so every resample keeps every dataset.
 
-rliable, the paper's library, computes the same; it is not a dependency because its `arch` requirement
-does not import under pandas 3 (arch 7.2) or rejects rliable's `random_state` argument (arch 8.0).
+rliable, the paper's library, computes the same point estimates (`rliable.metrics`; tests/test_aggregate.py checks
+ours against it on fixed scores). Its interval estimates (`rliable.library`) are not used: they need `arch`, which
+does not import under pandas 3 (arch 7.2) or rejects rliable's `random_state` argument (arch 8.0); the resampling
+here is the one its `StratifiedBootstrap` does.
 Scores are given per dataset as 1-D arrays of runs; datasets may have different numbers of runs.
 With few runs per dataset the percentile intervals come out too narrow rather than too wide: a
 resample can only hold values the runs took.

@@ -1,14 +1,22 @@
-"""Evaluate a saved run: rollouts per target return and seed, a summary table, files next to the run."""
+"""Evaluate a saved run: rollouts per target return and seed, a summary table, and files next to the run that
+later evaluations add to, never replace."""
 
 from __future__ import annotations
 
+import csv
+import fcntl
 import json
+import math
+import os
+from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
 from ..policy import Policy
-from .rollout import default_target_return, rollout
+from ..training.trainer import resolve_device
+from .rollout import default_target_return, rollouts
 
 
 def summarize(frame: pd.DataFrame) -> list[dict]:
@@ -29,43 +37,105 @@ def summarize(frame: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="cpu", runtime="torch",
-                 weights="float32", out_dir=None) -> dict:
-    """Evaluate a run's last checkpoint; writes per-episode CSV and a JSON summary next to it.
+INDEX_FIELDS = ["evaluation", "checkpoint_step", "target_return", "seeds", "episodes", "runtime", "weights", "device",
+                "score_mean", "score_std_episodes", "score_std_seeds", "return_mean", "length_mean", "checkpoint",
+                "created"]
 
-    `runtime`, `weights`: as `Policy`'s (evaluate the policy as it will be deployed)."""
+
+def evaluation_name(step: int, targets, seeds, episodes: int, runtime: str, weights: str) -> str:
+    """`step_00003000-target_3600-seeds_0_1-episodes_10-torch`: what an evaluation's folder is keyed by."""
+    def join(values):
+        return "_".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+    name = f"step_{step:08d}-target_{join(targets)}-seeds_{join(seeds)}-episodes_{episodes}-{runtime}"
+    return name if weights == "float32" else f"{name}-{weights}"
+
+
+def _claim_dir(parent: Path, name: str) -> Path:
+    """A new folder `parent/name`, or `name-2`, `name-3`, ... when taken: an evaluation never replaces another."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = parent / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent} holds 10,000 evaluations named {name}: remove some")
+
+
+def _append_index(index: Path, rows: list[dict]) -> None:
+    """Append rows to the CSV `index`, the header first if it is empty; locked, so that evaluations running at once
+    neither interleave their rows nor both write the header."""
+    with open(index, "a", newline="") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        writer = csv.DictWriter(f, fieldnames=INDEX_FIELDS)
+        if f.seek(0, os.SEEK_END) == 0:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="cpu", runtime="auto",
+                 weights="float32", out_dir=None, workers=1) -> dict | None:
+    """Evaluate a run's last checkpoint (or a given checkpoint); returns the summary and writes it to files.
+
+    Each evaluation gets its own folder, `eval/<evaluation_name>/` with `summary.json` and `episodes.csv`, and a
+    row per target in `eval/index.csv`; nothing an earlier evaluation wrote is replaced. `eval/` is in the run
+    directory, or in the checkpoint when one is given (`out_dir` overrides it).
+    `runtime`, `weights`: as `Policy`'s (evaluate the policy as it will be deployed). `workers`: processes the
+    episodes are split over (`rollouts`: the same episodes and scores); under torchrun the ranks split them and
+    rank 0 alone writes and returns the summary (the others return None)."""
+    seeds = list(seeds)
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"episodes must be a positive integer (episodes per target and seed), got {episodes!r}")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad or not seeds:
+        raise ValueError(f"seeds must be integers >= 0, got {seeds}")
+    if target_returns is not None and not all(math.isfinite(t) for t in target_returns):
+        raise ValueError(f"target returns must be finite numbers, got {list(target_returns)}")
+    resolve_device(str(device))  # a clear error for cuda without a GPU, before loading anything
     policy = Policy.load(run, device=device, runtime=runtime, weights=weights)
+    runtime = policy.runtime  # the one `auto` picked
     env_id = policy.env_id
-    targets = list(target_returns or [default_target_return(env_id)])
+    targets = [float(t) for t in (target_returns or [default_target_return(env_id)])]
     ref = policy.meta.get("ref_min_score"), policy.meta.get("ref_max_score")  # the training data's
-    frames = [
-        rollout(policy, env_id, episodes, t, seed=s * 1_000_003, ref=ref).assign(seed_group=s)
-        for t in targets
-        for s in seeds
-    ]
-    frame = pd.concat(frames, ignore_index=True)
+    runs = [(t, s) for t in targets for s in seeds]
+    frames = rollouts(policy, env_id, episodes, [(t, s * 1_000_003) for t, s in runs], ref=ref, workers=workers,
+                      load=partial(Policy.load, run, device=device, runtime=runtime, weights=weights))
+    if frames is None:  # a rank other than 0 under torchrun: rank 0 has the episodes and writes them
+        return None
+    frame = pd.concat([f.assign(seed_group=s) for f, (_, s) in zip(frames, runs)], ignore_index=True)
     given = Path(run).resolve() == Path(policy.meta["path"]).resolve()  # a checkpoint, not a run directory
-    kind = "given" if given else "last"
     summary = {
         "run": str(run),
         "checkpoint": policy.meta["path"],
         "checkpoint_step": policy.meta["step"],
-        "checkpoint_kind": kind,
+        "checkpoint_kind": "given" if given else "last",
         "env_id": env_id,
         "datasets": policy.meta.get("datasets"),
         "backbone": policy.model.config.backbone,
         "device": str(device),
         "runtime": runtime,
         "weights": weights,
+        "episodes": episodes,
+        "seeds": seeds,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": summarize(frame),
     }
-    # a run's evaluation goes into the run directory, a given checkpoint's into the checkpoint
     ckpt = Path(policy.meta["path"])
-    out_dir = Path(out_dir or (ckpt if given else ckpt.parent.parent) / "eval")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_dir / "episodes.csv", index=False)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    summary["files"] = {"episodes": str(out_dir / "episodes.csv"), "summary": str(out_dir / "summary.json")}
+    root = Path(out_dir or (ckpt if given else ckpt.parent.parent) / "eval")
+    folder = _claim_dir(root, evaluation_name(policy.meta["step"], targets, seeds, episodes, runtime, weights))
+    frame.to_csv(folder / "episodes.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _append_index(root / "index.csv", [
+        {**{k: r[k] for k in INDEX_FIELDS if k in r}, "evaluation": folder.name,
+         "checkpoint_step": summary["checkpoint_step"], "seeds": " ".join(map(str, seeds)), "episodes": episodes,
+         "runtime": runtime, "weights": weights, "device": summary["device"], "checkpoint": summary["checkpoint"],
+         "created": summary["created"]}
+        for r in summary["results"]
+    ])
+    summary["files"] = {"episodes": str(folder / "episodes.csv"), "summary": str(folder / "summary.json"),
+                        "index": str(root / "index.csv")}
     return summary
 
 

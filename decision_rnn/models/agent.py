@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..backbones import build
-from ..config import ModelConfig, validate
+from ..config import OBS_BOUND, ModelConfig, validate
 
 State = tuple[torch.Tensor, ...]
 TOKENS_PER_STEP = {"interleaved": 3, "split": 2, "compact": 1}
@@ -79,7 +79,7 @@ class DecisionRNN(nn.Module):
         return self.embed_timestep(timesteps.clamp(0, self.config.max_timestep - 1))
 
     def _state_emb(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.embed_state((obs - self.obs_mean) / self.obs_std)
+        return self.embed_state(((obs - self.obs_mean) / self.obs_std).clamp(-OBS_BOUND, OBS_BOUND))
 
     def _return_emb(self, rtg: torch.Tensor) -> torch.Tensor:
         return self.return_ln(self.embed_return(rtg.unsqueeze(-1) / self.config.return_scale))
@@ -127,10 +127,14 @@ class DecisionRNN(nn.Module):
     def loss(self, batch, return_state: bool = False):
         """MSE between predicted and logged actions over real (unpadded) steps, as in DT.
 
-        Starts from `batch.state` (None: fresh). `return_state=True` returns (loss, final backbone state)."""
+        Starts from `batch.state` (None: fresh). `return_state=True` returns (loss, final backbone state).
+        The mask multiplies rather than indexes: boolean indexing has a data-dependent shape, which breaks
+        a `torch.compile` graph and syncs with the GPU."""
         pred, state = self(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.state,
                            batch.prev_actions)
-        loss = ((pred - batch.actions) ** 2)[batch.mask].mean()
+        error = ((pred - batch.actions) ** 2).mean(-1)  # (B, T); float32 under autocast (the logged actions are)
+        mask = batch.mask.to(error.dtype)
+        loss = (error * mask).sum() / mask.sum()
         return (loss, state) if return_state else loss
 
     # ---- sequential (acting) ------------------------------------------------------------------------

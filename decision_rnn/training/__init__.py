@@ -2,10 +2,11 @@
 
 from .checkpoint import CheckpointError, find_checkpoint, load_model, read_meta, save_checkpoint
 from .run import build_model, train
-from .trainer import Trainer, resolve_device
+from .trainer import NonFiniteError, Trainer, resolve_device
 
 __all__ = [
     "CheckpointError",
+    "NonFiniteError",
     "Trainer",
     "build_model",
     "find_checkpoint",

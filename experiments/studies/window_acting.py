@@ -1,6 +1,6 @@
 """Is a recurrent agent's rollout state the problem? Act from the carried state, and from DT's window.
 
-    python experiments/window_acting.py RUN_DIR [RUN_DIR ...] [--episodes 10] [--seed S]
+    python experiments/studies/window_acting.py RUN_DIR [RUN_DIR ...] [--episodes 10] [--seed S]
 
 Our recurrent agents train on K-step windows, each from a zero state, but act from one state carried over
 the whole episode (up to 1000 steps, 2000-3000 tokens with split or interleaved tokens): states no
@@ -17,18 +17,20 @@ policy itself is what fails. Writes results/window_acting_cpu.{csv,md} (rows of 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from results_grid import eval_seed, locked
 
 from decision_rnn import Policy
 from decision_rnn.evaluation import default_target_return, rollout
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))  # the grid's modules: protocol.py, results_grid.py
+from results_grid import eval_seed, locked  # noqa: E402
 
 
 class WindowActor:
@@ -93,7 +95,7 @@ def write_report(frame: pd.DataFrame, path: Path) -> None:
     path.with_suffix(".md").write_text(
         "# Acting from the carried state or from DT's window (CPU, last checkpoint, DT's target)\n\n"
         "`state`: the deployed O(1) policy; `window`: each action from the parallel forward over the last K steps "
-        "from a zero state, as in training (experiments/window_acting.py). Same start states for both.\n\n"
+        "from a zero state, as in training (experiments/studies/window_acting.py). Same start states for both.\n\n"
         + table.to_markdown(index=False, floatfmt=".1f")
         + f"\n\nwindow - state over {len(table)} runs: mean {gap.mean():+.1f}, within ±5 on {(gap.abs() <= 5).sum()}, "
         f"window higher by more than 5 on {(gap > 5).sum()}, lower by more than 5 on {(gap < -5).sum()}.\n")

@@ -7,7 +7,7 @@ training (whole episodes from their first step) does, with few episodes per upda
 64 episodes per update. This script trains them on the same data with the same protocol and
 evaluates each agent's last checkpoint by stepping it through full episodes (constant cost per step).
 
-    python experiments/context_ablation.py [--dataset ID] [--backbone mingru ...] [--contexts window stream]
+    python experiments/studies/context_ablation.py [--dataset ID] [--backbone mingru ...] [--contexts window stream]
                                            [--steps 3000] [--seeds 0 1]
 
 Appends to results/context_ablation.csv (a (dataset, agent, tokens, context, seed) row of the current
@@ -17,14 +17,16 @@ all of its rows.
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
-from protocol import train_and_evaluate
-from results_grid import CODE_VERSION
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))  # the grid's modules: protocol.py, results_grid.py
+from protocol import train_and_evaluate  # noqa: E402
+from results_grid import CODE_VERSION  # noqa: E402
 
 
 def main():

@@ -1,6 +1,6 @@
 """How much of a compact token is the return? Its share at the data's returns and at DT's targets.
 
-    python experiments/return_dominance.py RUN_DIR [RUN_DIR ...]
+    python experiments/studies/return_dominance.py RUN_DIR [RUN_DIR ...]
 
 A compact token is LayerNorm(emb(R) + emb(s) + emb(a_{t-1}) + time(t)), and emb(R) is linear in R. For
 each run's last checkpoint, on 2,000 logged steps of its training data, this reports the norm of the
@@ -26,7 +26,7 @@ from decision_rnn import Policy
 from decision_rnn.data import load_dataset
 from decision_rnn.evaluation import default_target_return
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def normalized(x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,7 @@ def main():
     text = ("# The return's share of a compact token (last checkpoint, 2,000 logged steps of its data)\n\n"
             "`cos(token, rest)`: cosine between the normalized token and its normalized state + previous action "
             "+ time part (1: the return barely moves the token); `cos(return part, at target)`: between the return "
-            "part and the one at DT's target. experiments/return_dominance.py\n\n"
+            "part and the one at DT's target. experiments/studies/return_dominance.py\n\n"
             + frame.to_markdown(index=False, floatfmt=".2f") + "\n")
     (ROOT / "results" / "return_dominance_cpu.md").write_text(text)
     print(text)

@@ -1,36 +1,33 @@
 """Where we lose to d3rlpy's DT: one recipe change at a time against the grid's own run.
 
-    python experiments/recipe_ablation.py [--dataset hopper-mixed] [--agent transformer] [--seed 0]
+    python experiments/studies/recipe_ablation.py [--dataset hopper-mixed] [--agent transformer] [--seed 0]
 
 The baselines are the grid's runs of the same (dataset, agent, seed), one per context it ran in, read
-from results/grid_cpu*.csv (run results_grid.py first). Each variant changes one thing that d3rlpy's DT
-does differently:
-- `timestep-init-0.02`: d3rlpy initialises its timestep embedding at GPT-2's N(0, 0.02); DT's code (and
-  our default up to v3) leaves nn.Embedding's N(0, 1).
+from results/grid_cpu*.csv (run results_grid.py first). Each variant changes one thing in the grid agent:
+- `timestep-init-0.02`: GPT-2's N(0, 0.02) init of the timestep embedding (d3rlpy's); DT's code leaves
+  nn.Embedding's N(0, 1).
 - `grad-clip-0.083`: d3rlpy sums the squared error over the action dimensions (x act_dim = 3 on Hopper)
-  before the same 0.25 gradient clip; under Adam that equals our mean loss clipped at 0.25 / 3 (the CPU
-  protocol's clip since v4).
+  before its 0.25 gradient clip; under Adam that equals our mean loss clipped at 0.25 / 3.
 - `window-align-end` (window context only): d3rlpy's windows END at a uniformly drawn step; DT's code
-  (and `TrainConfig`'s default) STARTS them there. The CPU protocol end-aligns since v3.
+  (and `TrainConfig`'s default) STARTS them there.
 - `tokens-interleaved`: DT's and d3rlpy's (return, state, action) tokens instead of our compact ones.
 - `tokens-split` (not from d3rlpy): two tokens per step, the return's own and state + previous action
   (`ModelConfig.tokens="split"`): does the return's own token give interleaved's hopper-mixed scores at
   two thirds of its sequence length?
 - `return-ln` (not from d3rlpy): compact tokens whose return embedding is LayerNormed on its own
   (`ModelConfig.return_ln`), so that a target far above the data's returns cannot outweigh the state in
-  the token (experiments/return_dominance.py measures how much it does without).
+  the token (experiments/studies/return_dominance.py measures how much it does without).
+- `no-prev-action`: compact tokens without the previous action (`ModelConfig.prev_action=False`).
 - `gpt2-init`: d3rlpy's init, N(0, 0.02) for every Linear in the blocks (zero biases) and for the
-  timestep embedding; ours up to v3 was PyTorch's default.
-- `relu`: ReLU in the blocks' MLPs, DT's gym default and d3rlpy's; ours up to v3 was GPT-2's GELU.
+  timestep embedding, instead of PyTorch's default.
+- `relu`: ReLU in the blocks' MLPs (DT's gym default and d3rlpy's) instead of GPT-2's GELU.
 - `d3rlpy-model`: d3rlpy's ReLU, GPT-2 init and effective clip, keeping our compact tokens and the
   agent's own context: the part of d3rlpy's recipe a recurrent agent can take.
 - `d3rlpy-recipe`: all of the above at once, in DT windows (what our transformer trains on anyway).
   What remains different is minor: d3rlpy's LayerNorm eps (3e-3 vs 1e-5), its loss averaging over
   padded steps too, and its AdamW leaving biases, LayerNorms and embeddings out of the weight decay
   (1e-4 x lr 1e-3 = 1e-7 shrinkage per update here, negligible).
-- `window-context` (recurrent agents): DT's 64 K-step windows per update instead of the v1 CPU protocol's
-  4 whole episodes, i.e. 64 different episodes in each batch instead of 4. Windows are every agent's
-  default context since v2 (`default_context`), so it now changes nothing: its rows are v1's.
+- `window-context` (recurrent agents): DT's 64 K-step windows per update instead of 4 whole episodes.
 - `stream-context` (recurrent agents): 64 streams walking whole episodes in consecutive K-step chunks, the
   state carried from chunk to chunk (truncated BPTT): a window batch's variety and cost, with the
   rollout's state (`TrainConfig.context`).
@@ -40,37 +37,37 @@ does differently:
 - `ema-0.999`: not from d3rlpy either: the checkpoints hold an exponential moving average of the weights
   (decay 0.999 per update, `TrainConfig.ema_decay`), so the last checkpoint is an average over about the
   last 1000 updates instead of wherever the final update left the weights.
-`window-align-end` and `cosine-decay` won against code v2's grid and joined the CPU protocol in v3, where
-they change nothing: their rows are v2's. Under v3 their converses take one of the two back out:
-- `window-align-start`: DT's start-aligned windows again (v3's cosine decay alone).
+- `window-align-start`: DT's start-aligned windows (the converse of `window-align-end`).
 - `window-align-uniform`: windows drawn from all K-step windows overlapping an episode, so its first steps
   (which end-alignment trains fully) and its last ones (which start-alignment does) are both trained as
   often as the rest (`WindowSampler(align="uniform")`).
-- `constant-lr`: DT's constant rate again (v3's end-aligned windows alone).
-- `lr-3e-4` (stop 21, against walker2d-mixed's fallen seeds): the CPU protocol's peak rate 1e-3 -> 3e-4 (so
-  1e-4 -> 3e-5 at the end, about where d3rlpy's DT, still warming up to 1e-4 over 10k updates, stands at
-  update 3,000). Do the last checkpoints still flip between walking and falling at a lower rate?
-- `lru-r-min-0` (stop 22, LRU only): the LRU's ring init from |lambda| in [0, 0.999] instead of [0.9, 0.999]
-  (the paper's Appendix A code defaults to r_min = 0). From 0.9 up every channel averages over 10 steps or
-  more, half a training window: does the LRU, below our transformer on Hopper, need channels that forget fast?
-  Code v6 made it the LRU's default: under v6 it changes nothing (its v5 runs are the grid's v6 LRU runs).
-  LRU-only variants are skipped for other agents when several variants are asked for, refused when only one.
-Code v4 made `d3rlpy-model` the default (ReLU and N(0, 0.02) init in decision_rnn/config.py, clip 0.25 / 3
-in the CPU protocol) and the grid adopted its v3 runs (`results_grid.py --adopt`); under v4 it and its
-parts (`relu`, `gpt2-init`, `timestep-init-0.02`, `grad-clip-0.083`) change nothing.
-Every variant gets the learning curve and target sweep the grid records. CPU protocol, 1 thread.
-Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
+- `constant-lr`: DT's constant rate after the warm-up (the converse of `cosine-decay`).
+- `lr-3e-4`: the CPU protocol's peak rate 1e-3 -> 3e-4 (so 1e-4 -> 3e-5 at the end, about where d3rlpy's DT,
+  still warming up to 1e-4 over 10k updates, stands at update 3,000). Do the last checkpoints still flip
+  between walking and falling at a lower rate?
+- `lru-r-min-0` (LRU only): the LRU's ring init from |lambda| in [0, 0.999] instead of [0.9, 0.999] (the
+  paper's Appendix A code defaults to r_min = 0). From 0.9 up every channel averages over 10 steps or more,
+  half a training window: does the LRU need channels that forget fast? LRU-only variants are skipped for
+  other agents when several variants are asked for, refused when only one.
+A variant that the current code already trains by default (the library's defaults and the CPU protocol
+took several of them) changes nothing when run again; its rows are those of the code revision it was run
+under (the `version` column, `CODE_VERSION` in experiments/results_grid.py), paired with the grid's run of
+that revision. Every variant gets the learning curve and target sweep the grid records. CPU protocol,
+1 thread. Writes results/recipe_ablation_cpu.{csv,md}; variants run earlier for the same run are kept.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
-from protocol import train_and_evaluate
-from results_grid import AGENTS, CODE_VERSION, DATASETS, agent_spec, locked, our_curves, version_chain, versions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))  # the grid's modules: protocol.py, results_grid.py
+from protocol import train_and_evaluate  # noqa: E402
+from results_grid import AGENTS, CODE_VERSION, DATASETS, agent_spec, locked, our_curves, version_chain, versions  # noqa: E402
+
 VARIANTS = {
     "timestep-init-0.02": ({"timestep_init_std": 0.02}, {}),
     "grad-clip-0.083": ({}, {"grad_clip": 0.25 / 3}),
@@ -154,9 +151,9 @@ def main():
 
 
 SAME_TRAINING = {("cosine-decay", 2): ("window-align-start", 3)}
-"""(variant, version) pairs that trained exactly what another (variant, version) trains: v3 changed only the
-CPU protocol (cosine decay + end-aligned windows), so v2's `cosine-decay` is v3's `window-align-start`.
-Their runs also count as pairs of the other against that version's grid run."""
+"""(variant, version) pairs that trained exactly what another (variant, version) trains: revision 3's CPU
+protocol is revision 2's plus cosine decay and end-aligned windows, so 2's `cosine-decay` is 3's
+`window-align-start`. Their runs also count as pairs of the other against that revision's grid run."""
 
 
 def as_every_version(grid: pd.DataFrame) -> pd.DataFrame:
@@ -237,7 +234,7 @@ def per_dataset(diff: pd.Series, sweep: pd.Series, grid: pd.DataFrame, min_datas
 
 
 def write_report(frame: pd.DataFrame, episodes: int) -> None:
-    """results/recipe_ablation_cpu.md (the summary, which the README embeds) and
+    """results/recipe_ablation_cpu.md (the summary, which docs/studies/recipe-ablation.md embeds) and
     results/recipe_ablation_cpu_runs.md (every run's table); prints the summary."""
     summary, runs = report(frame, episodes)
     (ROOT / "results" / "recipe_ablation_cpu.md").write_text(summary)
@@ -251,13 +248,13 @@ def report(frame: pd.DataFrame, episodes: int) -> tuple[str, str]:
     grid = pd.read_csv(ROOT / "results" / "grid_cpu_curves.csv")
     diff = paired_differences(frame, grid)
     summary = against_grid(diff)
-    parts = [f"# Recipe ablation, CPU protocol, {episodes} episodes per score\n\n[vN]: the code version a run was "
-             "trained with (`CODE_VERSION` in experiments/results_grid.py)",
+    parts = [f"# Recipe ablation, CPU protocol, {episodes} episodes per score\n\n[vN]: the code revision a run "
+             "was trained with (`CODE_VERSION` in experiments/results_grid.py)",
              "**Against the grid's window run of the same code version, agent, dataset and seed** (last "
              f"checkpoint; difference in normalized score; v2's `cosine-decay` runs also count as v3's "
              f"`window-align-start`, the same training)\n\n{summary.to_markdown(index=False, floatfmt='.1f')}",
              *per_dataset(diff, paired_differences(frame, grid, over="target"), grid),
-             "Every run's scores: [results/recipe_ablation_cpu_runs.md](results/recipe_ablation_cpu_runs.md)."]
+             "Every run's scores: `results/recipe_ablation_cpu_runs.md`."]
     runs = [f"# Recipe ablation, every run: scores at the 1k/2k/3k checkpoints and the last checkpoint at four "
             f"target returns ({episodes} episodes per score; `grid run` rows: the grid's run of that agent, "
             f"dataset and seed; [vN]: the code version)"]

@@ -1,7 +1,7 @@
 """What float16 weights cost a trained policy: scores and per-step action differences against float32.
 
-    python experiments/half_weights.py RUN_DIR [RUN_DIR ...] [--episodes 10] [--seed S]
-    python experiments/half_weights.py --report
+    python experiments/studies/half_weights.py RUN_DIR [RUN_DIR ...] [--episodes 10] [--seed S]
+    python experiments/studies/half_weights.py --report
 
 `FusedStep(weights="float16")` rounds the weight matrices to float16 to halve the bytes a batch-1 step streams
 (results/bench_latency_cpu.md). For each run's last checkpoint, on the same start states (DT's target):
@@ -14,18 +14,20 @@ Writes results/half_weights_cpu.{csv,md} (rows of other runs are kept).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from results_grid import eval_seed
-from window_acting import per_run_study, tokens_label
 
 from decision_rnn import Policy
 from decision_rnn.evaluation import default_target_return, rollout
 from decision_rnn.fused import FusedStep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))  # the grid's modules: protocol.py, results_grid.py
+from results_grid import eval_seed  # noqa: E402
+from window_acting import per_run_study, tokens_label  # noqa: E402
 
 
 class Shadowed:
@@ -87,7 +89,7 @@ def write_report(frame: pd.DataFrame, path: Path) -> None:
         "# float16 weights against float32 (fused runtime, CPU, last checkpoint, DT's target)\n\n"
         "Scores: each weight format acting on its own rollout from the same start states. Action gap: along the "
         "float32 rollout, the float16 step on the same inputs; largest and mean |difference| over every step and "
-        "action dimension's max (actions lie in [-1, 1]). experiments/half_weights.py.\n\n"
+        "action dimension's max (actions lie in [-1, 1]). experiments/studies/half_weights.py.\n\n"
         + table.to_markdown(index=False, floatfmt=("", "", "", ".1f", ".1f", "+.1f", ".1e", ".1e"))
         + "\n\n" + "\n".join(lines) + "\n")
 

@@ -1,26 +1,31 @@
 """One table of every minGRU run by training context: window, episode, stream (CPU protocol, compact tokens).
 
-    python experiments/context_report.py
+    python experiments/studies/context_report.py
 
 Gathers the last-checkpoint scores at DT's target return from the three scripts that trained minGRU in
 more than one context: results/grid_cpu.csv (the grid, every context it has run), results/context_ablation.csv
 and the `window-context` / `stream-context` rows of results/recipe_ablation_cpu.csv. A (dataset, context,
-code version, seed) that several scripts ran is counted once, the grid's run first. Writes results/context_cpu.md.
+code revision, seed) that several scripts ran is counted once, the grid's run first; a grid run is labelled with
+the latest revision whose training equals its own (`grid_versions`). Writes results/context_cpu.md.
 """
 
+import sys
 from pathlib import Path
 
 import pandas as pd
-from results_grid import DATASETS, versions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))  # the grid's modules: protocol.py, results_grid.py
+from results_grid import DATASETS, grid_versions, versions  # noqa: E402
+
 CONTEXTS = ["episode", "window", "stream"]
 
 
 def gather(results: Path) -> pd.DataFrame:
     """(dataset, context, seed, score, source) of every minGRU compact-token run at 3,000 updates."""
     grid = pd.read_csv(results / "grid_cpu.csv")
-    grid = grid[(grid.agent == "mingru") & (grid.tokens == "compact")].assign(source="grid")
+    grid = grid[(grid.agent == "mingru") & (grid.tokens == "compact")]
+    grid = grid.assign(version=grid_versions(grid), source="grid")  # a run counts as the latest revision it equals
     names = {ids[0]: name for name, ids in DATASETS.items() if len(ids) == 1}
     ablation = pd.read_csv(results / "context_ablation.csv")
     ablation = ablation[(ablation.agent == "mingru") & (ablation.tokens == "compact")]
@@ -60,9 +65,8 @@ def main():
     frame = gather(ROOT / "results")
     text = ("# minGRU by training context (CPU protocol, compact tokens, 10 episodes per seed)\n\n"
             "Each cell: mean over seeds in bold, then the seeds' scores (last checkpoint, DT's target return). "
-            "vN: the code version (`CODE_VERSION` in experiments/results_grid.py; v2 feeds a window's first step "
-            "its true previous action, v1 fed zero; v3 adds the CPU protocol's cosine rate decay and end-aligned "
-            "windows; v4 d3rlpy's model recipe: ReLU, N(0, 0.02) init, clip 0.25 / 3).\n\n"
+            "vN: the code revision a run was trained with (`CODE_VERSION` in experiments/results_grid.py says what "
+            "each changed; a run counts as the latest revision that trains it identically).\n\n"
             f"{table(frame)}\n")
     (ROOT / "results" / "context_cpu.md").write_text(text)
     print(text)

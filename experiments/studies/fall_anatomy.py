@@ -1,6 +1,6 @@
 """Anatomy of a fall: what tells a walker2d-mixed run that walks from one that falls.
 
-    python experiments/fall_anatomy.py [--agent minlstm-return-ln] [--dataset walker2d-mixed] [--seeds 0 1]
+    python experiments/studies/fall_anatomy.py [--agent minlstm-return-ln] [--dataset walker2d-mixed] [--seeds 0 1]
 
 On walker2d-mixed the grid's runs either walk (~80-88) or fall (~2-16) by training seed, for every DT-style agent
 (results/grid_cpu.md). This trains (or resumes) the grid's agent at each seed under runs/fall_anatomy/ with the
@@ -27,11 +27,11 @@ from decision_rnn import Policy
 from decision_rnn.data import load_dataset
 from decision_rnn.evaluation.rollout import default_target_return, make_envs, rollout
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))  # the grid's modules: protocol.py, results_grid.py
 from protocol import train_and_evaluate  # noqa: E402
 from results_grid import AGENTS, DATASETS, agent_spec, current, eval_seed  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (1.0, 0.6, 0.2)  # x DT's target return
 START_TARGETS = (0.0, 0.2, 0.6, 1.0, 1.6)
 EPISODES = 10
@@ -101,7 +101,7 @@ def main():
     env_id = next(iter(runs.values()))[1]
     target = default_target_return(env_id)
     lines += [f"# Anatomy of a fall: {args.agent} on {args.dataset} (CPU protocol, last checkpoint)", "",
-              "From `python experiments/fall_anatomy.py` (its docstring says what each part shows). Every run "
+              "From `python experiments/studies/fall_anatomy.py` (its docstring says what each part shows). Every run "
               "below re-trained to the grid's score to all printed digits (checked).", "",
               f"Scores and episode lengths ({EPISODES} episodes at the grid's evaluation seeds):", "",
               "| seed | target | score | episode lengths |", "|---:|---:|---:|---|"]
