@@ -179,7 +179,11 @@ def markdown(rows: list[dict], args, header: dict) -> str:
     lines += ["", "The paper's ratios (T = 512: 175x minGRU over GRU, 235x minLSTM over LSTM; T = 4096: 1324x, "
               "1361x) are GPU ratios: there a GRU pays a chain of small kernels per step while the scan runs all "
               "steps at once. On a CPU both are bound by arithmetic and memory traffic; the mixer does fewer "
-              "multiply-adds per token than nn.GRU (its gates read x_t only), which is what the CPU ratio shows."]
+              "multiply-adds per token than nn.GRU (its gates read x_t only), which is what the CPU ratio shows.",
+              "", "On Linux, glibc's malloc serves a tensor of more than 32 MiB (at batch 64 and width 256: float32 "
+              "from T = 1024 on, complex64 from T = 512 on) from fresh pages at every allocation, and a fresh "
+              "page's first touch costs about as much as an elementwise pass over it: every model pays it, the "
+              "scans most (their output and gradients are such tensors), hence the jumps in their share."]
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "## Not measured", ""]
