@@ -255,8 +255,8 @@ def quickstart(args) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    from .config import resolve_device
     from .evaluation import evaluate_run, format_summary
-    from .training import resolve_device
 
     resolve_device(args.device)  # before a quickstart trains on a device that cannot evaluate
     run = args.run or quickstart(args)
@@ -275,11 +275,12 @@ def cmd_export(args) -> int:
 
     policy = Policy.load(args.run, runtime="torch")  # the torch module is what is exported
     out = Path(args.out or Path(policy.meta["path"]) / "policy")
-    paths = []
-    if args.format in ("onnx", "all"):
-        paths.append(export_onnx(policy.model, out.with_suffix(".onnx")))
-    if args.format in ("torchscript", "all"):
-        paths.append(export_torchscript(policy.model, out.with_suffix(".pt")))
+    writers = {".onnx": export_onnx, ".pt": export_torchscript}
+    suffixes = {"onnx": [".onnx"], "torchscript": [".pt"], "all": [".onnx", ".pt"]}[args.format]
+    taken = [str(out.with_suffix(s)) for s in suffixes if out.with_suffix(s).exists()]
+    if taken and not args.force:  # checked for every format before anything is written
+        raise UserError(f"{', '.join(taken)} exist(s); pass --out elsewhere, or --force to replace")
+    paths = [writers[s](policy.model, out.with_suffix(s), overwrite=args.force) for s in suffixes]
     print("\n".join(str(p) for p in paths))
     return 0
 
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run")
     x.add_argument("--format", choices=["onnx", "torchscript", "all"], default="all")
     x.add_argument("--out", help="output path without suffix (default: CHECKPOINT/policy)")
+    x.add_argument("--force", action="store_true", help="replace existing export files")
     x.set_defaults(func=cmd_export)
     return parser
 

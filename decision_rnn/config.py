@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
+import torch
+
 Tokens = Literal["interleaved", "compact", "split"]
 Activation = Literal["gelu", "relu"]
 Context = Literal["window", "episode", "stream"]
@@ -221,3 +223,17 @@ def validate(model: ModelConfig, train: TrainConfig | None = None) -> None:
 
 __all__ = ["ACTIVATIONS", "CONTEXTS", "GRAD_CLIP_PER", "LR_DECAYS", "OBS_BOUND", "TOKENIZATIONS", "WINDOW_ALIGNS",
            "ModelConfig", "TrainConfig", "config_from_dict", "model_config_from_saved", "validate"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device ("auto": CUDA when available); a ValueError saying what to use instead for an
+    unknown name or CUDA on a machine without it."""
+    device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device 'cpu' (--device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None

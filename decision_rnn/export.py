@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -66,40 +67,55 @@ def io_names(model: DecisionRNN) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def export_onnx(model: DecisionRNN, path: str | os.PathLike, *, opset: int = 17) -> Path:
-    """Write the step function to ONNX with a dynamic batch axis; returns the path."""
+@contextmanager
+def _new_file(path: str | os.PathLike, overwrite: bool):
+    """A temporary path beside `path` that becomes `path` when the block succeeds (an interrupted export leaves
+    no half-written file); an existing `path` is refused unless `overwrite`."""
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; export elsewhere (--out) or replace it (--force, overwrite=True)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def export_onnx(model: DecisionRNN, path: str | os.PathLike, *, opset: int = 17, overwrite: bool = False) -> Path:
+    """Write the step function to ONNX with a dynamic batch axis; returns the path."""
     fn = StepFunction(model)
     inputs, outputs = io_names(model)
     args = example_inputs(model, batch_size=2)  # batch 2 so the exporter cannot fold the batch axis
-    with torch.no_grad():
-        torch.onnx.export(
-            fn, args, str(path), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False,
-            dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
-        )
-    import onnx
+    with _new_file(path, overwrite) as tmp:
+        with torch.no_grad():
+            torch.onnx.export(
+                fn, args, str(tmp), input_names=inputs, output_names=outputs, opset_version=opset, dynamo=False,
+                dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+            )
+        import onnx
 
-    proto = onnx.load(str(path))
-    shapes = [list(t.shape[1:]) for t in model.initial_state(1)]
-    dtypes = [str(t.dtype).removeprefix("torch.") for t in model.initial_state(1)]
-    meta = {"state_shapes": json.dumps(shapes), "state_dtypes": json.dumps(dtypes),
-            "model_config": json.dumps(model.config.__dict__, default=str)}
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    return path
+        proto = onnx.load(str(tmp))
+        shapes = [list(t.shape[1:]) for t in model.initial_state(1)]
+        dtypes = [str(t.dtype).removeprefix("torch.") for t in model.initial_state(1)]
+        meta = {"state_shapes": json.dumps(shapes), "state_dtypes": json.dumps(dtypes),
+                "model_config": json.dumps(model.config.__dict__, default=str)}
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+    return Path(path)
 
 
-def export_torchscript(model: DecisionRNN, path: str | os.PathLike) -> Path:
+def export_torchscript(model: DecisionRNN, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Trace the step function to TorchScript (loads with `torch.jit.load`, no decision-rnn needed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        traced = torch.jit.trace(StepFunction(model), example_inputs(model, batch_size=2), check_trace=False)
-    traced.save(str(path))
-    return path
+    with _new_file(path, overwrite) as tmp:
+        with torch.no_grad():
+            traced = torch.jit.trace(StepFunction(model), example_inputs(model, batch_size=2), check_trace=False)
+        traced.save(str(tmp))
+    return Path(path)
 
 
 class OnnxStep:

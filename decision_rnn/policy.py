@@ -29,6 +29,7 @@ import os
 import numpy as np
 import torch
 
+from .config import resolve_device
 from .models import DecisionRNN
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "fused")
@@ -79,7 +80,7 @@ class Policy:
             raise ValueError(f"unknown runtime {runtime!r}; choices: {list(RUNTIMES)}")
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be 'float32' or 'float16' (fused runtime only), got {weights!r}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if runtime not in ("auto", "torch") and self.device.type != "cpu":
             raise ValueError(f"runtime={runtime!r} runs on the CPU, got device={device!r}; use runtime='torch'")
         self.model = copy.deepcopy(model).to(self.device).eval()

@@ -4,7 +4,7 @@ For each preset at DT's size (embed 128, 3 layers), a run is trained for 2 updat
 does not depend on the weights' values), loaded with `Policy.load(run)` (runtime="auto") and timed per `act`
 (median and p99 over `--calls` calls, one thread), next to `runtime="torch"` in the same process.
 
-    python experiments/bench_policy_default.py [--calls 3000] [--presets fast dt]
+    python experiments/bench_policy_default.py [--calls 3000] [--presets fast minlstm-return-ln dt]
 
 Writes results/bench_policy_default_cpu.md.
 """
@@ -43,7 +43,7 @@ def acting(policy: Policy, obs: np.ndarray):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=3000)
-    p.add_argument("--presets", nargs="+", default=["fast", "dt"])
+    p.add_argument("--presets", nargs="+", default=["fast", "minlstm-return-ln", "dt"])
     args = p.parse_args()
     torch.set_num_threads(1)
     data = load_dataset(str(EMBEDDED_DATASET))

@@ -14,8 +14,8 @@ preset's configs. A cell is (dataset, agent, seed, context): each agent runs in 
 windows). Rows of another context stay in the CSVs as the record and are reported in a table of their own.
 `CANDIDATES` are agents that measure a change before it becomes a default; they run only when named:
 
-    python experiments/results_grid.py --protocol cpu --agents minlstm-return-ln-no-decay-groups
-    python experiments/results_grid.py --protocol cpu --agents minlstm-return-ln-clip-per-dim \
+    python experiments/results_grid.py --protocol cpu --agents mingru-no-decay-groups
+    python experiments/results_grid.py --protocol cpu --agents mingru-clip-per-dim \
         --datasets walker2d-medium walker2d-mixed walker2d-medium-expert
 
 Per run, besides the score of the LAST checkpoint at DT's target return, results/grid_<protocol>_curves.csv
@@ -52,15 +52,15 @@ DATASETS = {
     "walker2d-mixed": ["zoo/walker2d/mixed-v0"],
     "walker2d-medium-expert": ["zoo/walker2d/medium-v0", "zoo/walker2d/expert-v0"],
 }
-CANDIDATES = ["minlstm-return-ln-clip-per-dim", "minlstm-return-ln-no-decay-groups"]
-"""Agents that measure a change of `minlstm-return-ln` (the `fast` preset) before it becomes a default: d3rlpy's clip
+CANDIDATES = ["mingru-clip-per-dim", "mingru-no-decay-groups"]
+"""Agents that measure a change of `mingru` (the `fast` preset) before it becomes a default: d3rlpy's clip
 per action dimension (on the walker2d datasets; on Hopper it is the same clip) and AdamW without decay on
 LayerNorms, biases and the timestep table. Not run unless named in `--agents`."""
 AGENTS = ["mingru", "minlstm", "lru", "transformer", "gru", "lstm", "mingru-interleaved", "mingru-return-ln",
           "minlstm-return-ln", "minlstm-return-ln-constant-lr", "lru-constant-lr", *CANDIDATES, "d3rlpy-dt"]
 """Our agents are presets named `backbone` + a flavour (`FLAVOURS`); d3rlpy-dt: d3rlpy's DecisionTransformer."""
-FLAVOURS = ("", "-interleaved", "-return-ln", "-return-ln-constant-lr", "-constant-lr", "-return-ln-clip-per-dim",
-            "-return-ln-no-decay-groups")
+FLAVOURS = ("", "-interleaved", "-return-ln", "-return-ln-constant-lr", "-constant-lr", "-clip-per-dim",
+            "-no-decay-groups")
 """Agent-name suffixes: what a preset changes of the plain backbone's (its doc string says what). "" (no suffix):
 compact tokens."""
 CORE = ["mingru", "minlstm", "lru", "d3rlpy-dt"]

@@ -8,6 +8,7 @@ import pytest
 
 from decision_rnn.cli import build_parser, default_out, field_docs, main
 from decision_rnn.config import ModelConfig, TrainConfig
+from decision_rnn.presets import get_preset
 
 SMALL = ["--embed-dim", "8", "--n-layers", "1", "--batch-size", "2", "--tokens", "compact"]
 
@@ -52,6 +53,13 @@ def test_train_resume_evaluate_export(tmp_path, capsys):
 
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
     assert (tmp_path / "policy.onnx").exists() and (tmp_path / "policy.pt").exists()
+    (tmp_path / "mine.pt").write_bytes(b"the user's file")
+    assert main(["export", str(run), "--out", str(tmp_path / "mine")]) == 2  # refused before anything is written
+    assert "mine.pt exist(s)" in capsys.readouterr().err
+    assert (tmp_path / "mine.pt").read_bytes() == b"the user's file" and not (tmp_path / "mine.onnx").exists()
+    assert main(["export", str(run), "--out", str(tmp_path / "mine"), "--force"]) == 0
+    assert (tmp_path / "mine.pt").read_bytes() != b"the user's file"
+    assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith(".")) == []  # no temp file left
 
 
 def test_unknown_config_field_is_reported(tmp_path, capsys):
@@ -140,7 +148,6 @@ def test_flags_parse_to_the_field_types(tmp_path):
 
 
 def test_preset_config_file_and_flags_layer_in_that_order(tmp_path):
-    from decision_rnn.presets import get_preset
 
     fast = get_preset("fast")
     cfg = tmp_path / "cfg.json"
@@ -149,7 +156,7 @@ def test_preset_config_file_and_flags_layer_in_that_order(tmp_path):
     assert main(["train", "--out", str(run), "--preset", "fast", "--config", str(cfg), "--lr", "0.003", "--steps",
                  "2", "--n-layers", "1", "--batch-size", "2"]) == 0
     saved = json.loads((run / "config.json").read_text())
-    assert saved["model"]["backbone"] == fast.model["backbone"] and saved["model"]["return_ln"] is True  # preset
+    assert saved["model"]["tokens"] == fast.model["tokens"] == "compact" != ModelConfig.tokens  # the preset
     assert saved["train"]["lr_decay"] == fast.train["lr_decay"] == "cosine"  # preset over the default "none"
     assert saved["model"]["embed_dim"] == 8 and saved["train"]["warmup_steps"] == 1  # the file over the preset
     assert saved["train"]["lr"] == 0.003 and saved["train"]["steps"] == 2  # flags over the file and the preset
@@ -162,7 +169,7 @@ def test_presets_command_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(f"\n{name}\n" in f"\n{out}" for name in PRESETS)
-    assert "backbone='minlstm'" in out
+    assert "return_ln=True" in out  # a field a grid preset sets
 
 
 def test_quickstart_trains_then_evaluates_and_names_the_fix_for_a_stale_folder(tmp_path, capsys):
@@ -170,7 +177,11 @@ def test_quickstart_trains_then_evaluates_and_names_the_fix_for_a_stale_folder(t
     args = ["evaluate", "--quickstart-out", str(out), "--quickstart-steps", "2", "--episodes", "1", "--json"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["checkpoint_step"] == 2 and summary["backbone"] == "minlstm"  # the `fast` preset
+    assert summary["checkpoint_step"] == 2
+    saved = json.loads((out / "config.json").read_text())  # the `fast` preset's fields, not the defaults
+    fast = get_preset("fast")
+    assert {k: saved["model"][k] for k in fast.model} == fast.model and saved["model"]["tokens"] != ModelConfig.tokens
+    assert saved["train"]["lr"] == fast.train["lr"] != TrainConfig.lr
     assert main(args) == 0  # a complete quickstart is reused
     assert json.loads(capsys.readouterr().out)["checkpoint_step"] == 2
     # another length: its cosine schedule differs, the folder is another quickstart's

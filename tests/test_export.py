@@ -1,5 +1,7 @@
 """Exported step functions (ONNX in onnxruntime, TorchScript) equal PyTorch over a whole rollout."""
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -74,3 +76,24 @@ def test_export_leaves_the_model_in_eval_mode(tmp_path):
     export_onnx(model, tmp_path / "p.onnx")
     export_torchscript(model, tmp_path / "p.pt")
     assert not any(m.training for m in model.modules()), "export switched dropout back on"
+
+
+def test_export_refuses_an_existing_file_and_leaves_no_partial_one(tmp_path, monkeypatch):
+    model = DecisionRNN(ModelConfig(obs_dim=11, act_dim=3, embed_dim=16, n_layers=1)).eval()
+    target = tmp_path / "p.onnx"
+    target.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="p.onnx exists"):
+        export_onnx(model, target)
+    assert target.read_bytes() == b"keep"
+
+    def interrupted(*args, **kwargs):
+        Path(args[2]).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(model, target, overwrite=True)
+    assert target.read_bytes() == b"keep" and [f.name for f in tmp_path.iterdir()] == ["p.onnx"]
+    monkeypatch.undo()
+    export_onnx(model, target, overwrite=True)
+    assert target.read_bytes() != b"keep"

@@ -462,3 +462,20 @@ def test_later_seeds_lists_only_cells_run_beyond_the_first_three(grid):
     assert lines[-1] == "- a, x: seeds < 3 2.0 (1.0, 2.0, 3.0); seeds ≥ 3 6.0 (7.0, 5.0)"
     assert not any(line.startswith("- b") for line in lines)
     assert grid.later_seeds(frame[frame.dataset == "b"]) == []
+
+
+def test_selection_check_scores_the_pick_on_the_dataset_it_did_not_see(grid):
+    spec = importlib.util.spec_from_file_location("selection_check", EXPERIMENTS / "studies" / "selection_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    datasets = list(grid.DATASETS)
+    # "a" leads on five datasets and collapses on the last; "b" is steady
+    table = pd.DataFrame({d: {"a": 90.0, "b": 80.0, "c": 50.0} for d in datasets})
+    table.loc["a", datasets[-1]] = 10.0
+    folds = check.replay(table, {d: [d] for d in datasets}).set_index("held out")
+    last = folds.loc[datasets[-1]]  # picked on the five it leads: scored where it collapses
+    assert (last["picked on the rest"], last["its held-out score"], last["rank held out"]) == ("a", 10.0, 3)
+    first = folds.loc[datasets[0]]  # without one of its good datasets, a's mean (74) falls below b's (80)
+    assert (first["picked on the rest"], first["its held-out score"], first["best held out"]) == ("b", 80.0, "a")
+    two = check.replay(table, {"first three": datasets[:3], "last three": datasets[3:]}).set_index("held out")
+    assert two.loc["last three", "picked on the rest"] == "a" and two.loc["first three", "picked on the rest"] == "b"

@@ -58,12 +58,12 @@ def test_every_preset_builds_valid_configs_for_hopper_and_walker(name):
         assert (model.obs_dim, model.act_dim) == (obs_dim, act_dim)
 
 
-def test_dt_is_the_dataclass_defaults_and_fast_is_minlstm_return_ln_under_the_cpu_protocol():
+def test_dt_is_the_dataclass_defaults_and_fast_is_mingru_under_the_cpu_protocol():
     assert model_config("dt", 11, 3) == ModelConfig(obs_dim=11, act_dim=3) and train_config("dt") == TrainConfig()
-    assert model_config("fast", 11, 3) == model_config("minlstm-return-ln", 11, 3)
-    assert train_config("fast") == train_config("minlstm-return-ln")
+    assert model_config("fast", 11, 3) == model_config("mingru", 11, 3)
+    assert train_config("fast") == train_config("mingru")
     m, t = model_config("fast", 11, 3), train_config("fast")
-    assert (m.backbone, m.tokens, m.return_ln) == ("minlstm", "compact", True)
+    assert (m.backbone, m.tokens, m.return_ln) == ("mingru", "compact", False)
     assert (t.steps, t.lr, t.warmup_steps, t.lr_decay, t.window_align, t.context, t.grad_clip) == (
         3000, 1e-3, 300, "cosine", "end", "window", 0.25 / 3)
 
@@ -94,8 +94,8 @@ def test_grid_agents_are_presets_and_build_the_configs_the_grid_trained(grid):
 
 def test_candidates_change_one_thing_of_the_fast_preset():
     base = train_config("fast")
-    assert train_config("minlstm-return-ln-no-decay-groups") == replace(base, decay_all=False)
-    per_dim = train_config("minlstm-return-ln-clip-per-dim")
+    assert train_config("mingru-no-decay-groups") == replace(base, decay_all=False)
+    per_dim = train_config("mingru-clip-per-dim")
     assert per_dim == replace(base, grad_clip=0.25, grad_clip_per="action_dim")
     assert grad_clip_norm(per_dim, 3) == grad_clip_norm(base, 3) == 0.25 / 3  # Hopper: the same clip
     assert grad_clip_norm(per_dim, 6) == 0.25 / 6 and grad_clip_norm(base, 6) == 0.25 / 3  # Walker2d: half

@@ -381,7 +381,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(trained, capsys):
     from decision_rnn import Policy
 
     before = snapshot(trained)
-    refused(capsys, ["evaluate", str(trained), "--device", "cuda"], "CUDA is not available; use --device cpu")
+    refused(capsys, ["evaluate", str(trained), "--device", "cuda"],
+            "CUDA is not available; use device 'cpu' (--device cpu)")
     with pytest.raises(ValueError, match="CUDA is not available"):
         Policy.load(trained, device="cuda")
     assert snapshot(trained) == before
@@ -391,6 +392,12 @@ def test_an_unknown_device_is_a_clear_error(trained, tmp_path, capsys):
     refused(capsys, ["evaluate", str(trained), "--device", "gpu0"], "unknown device 'gpu0'")
     refused(capsys, ["train", "--out", str(tmp_path / "run"), "--device", "gpu0", *SMALL], "unknown device 'gpu0'")
     assert not (tmp_path / "run").exists()
+    from decision_rnn import Policy
+
+    model = Policy.load(trained).model
+    for make in (lambda: Policy.load(trained, device="gpu0"), lambda: Policy(model, device="gpu0")):
+        with pytest.raises(ValueError, match="unknown device 'gpu0': use cpu, cuda"):
+            make()
 
 
 def test_a_negative_training_seed_is_a_clear_error(tmp_path, capsys):

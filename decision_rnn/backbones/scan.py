@@ -103,14 +103,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, backend: str
     if a.shape != b.shape or h0.shape != (b.shape[0], *b.shape[2:]):
         raise ValueError(f"linear_scan: expected a, b of one shape (B, T, ...) and h0 (B, ...), got "
                          f"{tuple(a.shape)}, {tuple(b.shape)}, {tuple(h0.shape)}")
-    dtype = compute_dtype(a, b, h0)
-    args = a.to(dtype), b.to(dtype), h0.to(dtype)
-    with float32_region(b):
-        if _use_triton(b, backend):
-            h = _triton().linear_scan(*args)
-        else:
-            h = _stacked_loop(*args) if torch.compiler.is_compiling() else _LinearScan.apply(*args)
-    return h.to(b.dtype)
+    return _scan("linear_scan", _LinearScan, a, b, h0, backend)
 
 
 def complex_linear_scan(lam: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -122,13 +115,20 @@ def complex_linear_scan(lam: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, ba
     if b.dim() != 3 or lam.shape != b.shape[2:] or h0.shape != (b.shape[0], b.shape[2]):
         raise ValueError(f"complex_linear_scan: expected lam (N,), b (B, T, N), h0 (B, N), got "
                          f"{tuple(lam.shape)}, {tuple(b.shape)}, {tuple(h0.shape)}")
-    dtype = compute_dtype(lam, b, h0)
-    args = lam.to(dtype), b.to(dtype), h0.to(dtype)
+    return _scan("complex_linear_scan", _ComplexScan, lam, b, h0, backend)
+
+
+def _scan(kernel: str, function: type[torch.autograd.Function], coef: torch.Tensor, b: torch.Tensor,
+          h0: torch.Tensor, backend: str) -> torch.Tensor:
+    """Run a checked scan in its compute dtype: the Triton kernel `kernel`, else the torch autograd `function` (a
+    plain loop while torch.compile traces); returns b's dtype."""
+    dtype = compute_dtype(coef, b, h0)
+    args = coef.to(dtype), b.to(dtype), h0.to(dtype)
     with float32_region(b):
         if _use_triton(b, backend):
-            h = _triton().complex_linear_scan(*args)
+            h = getattr(_triton(), kernel)(*args)
         else:
-            h = _stacked_loop(*args) if torch.compiler.is_compiling() else _ComplexScan.apply(*args)
+            h = _stacked_loop(*args) if torch.compiler.is_compiling() else function.apply(*args)
     return h.to(b.dtype)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import resolve_device
 from ..policy import Policy
-from ..training.trainer import resolve_device
 from .rollout import default_target_return, rollouts
 
 

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..config import model_config_from_saved
+from ..config import model_config_from_saved, resolve_device
 from ..errors import DiskFullError
 from ..models import DecisionRNN
 
@@ -231,8 +231,7 @@ def read_meta(checkpoint: str | os.PathLike, *, verify: bool = True) -> dict[str
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DecisionRNN, dict]:
     """Rebuild the model from a checkpoint alone (no training code or dataset needed). Eval mode."""
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use device='cpu'")
+    device = resolve_device(device)
     meta = read_meta(checkpoint)
     model = DecisionRNN(model_config_from_saved(meta["model_config"]))
     try:

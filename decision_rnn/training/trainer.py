@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig, validate
+from ..config import TrainConfig, resolve_device, validate
 from ..data import EpisodeSampler, StreamSampler, WindowSampler
 from ..models import DecisionRNN
 from . import distributed
@@ -53,17 +53,6 @@ LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "updates_per_s", "elapsed_s"]
 
 class NonFiniteError(RuntimeError):
     """The loss, the gradient norm or the weights went NaN or infinite; training stopped without saving them."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
 
 
 def seed_everything(seed: int) -> None:
