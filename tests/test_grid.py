@@ -103,6 +103,9 @@ def test_flavoured_agents_pair_with_the_agent_they_change(grid):
     lines = grid.pairs(frame)
     assert "- minlstm-return-ln − minlstm: hopper-medium +10.0 (n=1)" in "\n".join(lines)
     assert "- minlstm-return-ln-constant-lr − minlstm-return-ln: hopper-medium -20.0 (n=1)" in "\n".join(lines)
+    frame = pd.DataFrame([("hopper-medium", "mingru", 0, 70), ("hopper-medium", "gru", 0, 65)],
+                         columns=["dataset", "agent", "seed", "score"])
+    assert "- mingru − gru: hopper-medium +5.0 (n=1)" in "\n".join(grid.pairs(frame))  # what "min" costs
 
 
 def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
