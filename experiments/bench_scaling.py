@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+EVAL_PRESET = "minlstm-return-ln"  # the evaluated policy: a fixed recipe, so that reruns compare
 
 
 def train_worker(args) -> None:
@@ -91,8 +92,8 @@ def timed_evaluation(workers_list: list[int], args) -> list[dict]:
     dataset = load_dataset(args.dataset)
     rows, reference = [], None  # reference: the episodes on the first number of workers, same runtime
     with tempfile.TemporaryDirectory() as run:
-        train(dataset, model_config("fast", dataset.obs_dim, dataset.act_dim),
-              train_config("fast", steps=args.policy_updates, checkpoint_every=args.policy_updates), run,
+        train(dataset, model_config(EVAL_PRESET, dataset.obs_dim, dataset.act_dim),
+              train_config(EVAL_PRESET, steps=args.policy_updates, checkpoint_every=args.policy_updates), run,
               progress=False)
         for repeat in range(args.repeats):
             for runtime, workers in itertools.product(args.runtimes, workers_list):
@@ -210,7 +211,7 @@ windows. Efficiency: samples/s over N x the 1-rank samples/s.
 
 ## Evaluation (`decision-rnn evaluate --workers N`)
 
-{args.episodes} Hopper-v5 episodes of a policy trained {args.policy_updates} updates (`fast` preset),
+{args.episodes} Hopper-v5 episodes of a policy trained {args.policy_updates} updates (`{EVAL_PRESET}` preset),
 {args.repeats} repeats in turn, the fastest shown. `episodes_per_s`: over the whole call, starting the worker
 processes included (`episodes_per_s_all`: every repeat); `rollout_episodes_per_s`: over the slowest worker's
 rollouts alone. The batched rollout steps until its longest episode ends (`max_length` steps). `identical`: the
