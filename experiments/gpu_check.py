@@ -3,6 +3,9 @@
     python experiments/gpu_check.py                          # on one GPU: about 8 minutes
     python experiments/gpu_check.py --device cpu --quick     # the same code at toy sizes, under a minute (CI)
 
+On a GPU machine without network whose image lacks gymnasium, MuJoCo and Minari, experiments/device_wheels.sh
+fetches their wheels beforehand and says how to install them there.
+
 Sections, each in a process of its own under a time budget: a section that fails, crashes or runs out of time
 is recorded as such in the table (with the rows it finished), and the next one runs. The table is rewritten
 after every section, so a run cut short still leaves one.
