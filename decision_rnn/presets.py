@@ -44,7 +44,8 @@ _CPU_DOC = "CPU protocol (`CPU_PROTOCOL`: 3000 updates, lr 1e-3, cosine decay, e
 
 
 def _agent(name: str, what: str, model: dict, train: dict | None = None) -> Preset:
-    return Preset(name, f"{what}; {_CPU_DOC}. Scores: docs/results.md (results grid, agent `{name}`).",
+    protocol = "otherwise the CPU protocol (`CPU_PROTOCOL`)" if train else _CPU_DOC
+    return Preset(name, f"{what}; {protocol}. Scores: docs/results.md (results grid, agent `{name}`).",
                   dict(model), {**CPU_PROTOCOL, **(train or {})})
 
 
