@@ -394,7 +394,8 @@ def write_report(frame, protocol):
     now = current(frame).assign(column=lambda f: f.agent)
     agents = [a for a in AGENTS if a in set(now.agent)]
     table, stats = score_table(now, agents)
-    summary = [*goal_check(stats, agents), "", *intervals(now, agents)]
+    presets = [a for a in agents if a not in CANDIDATES]  # candidates: in the table and the pairs, not the summary
+    summary = [*goal_check(stats, presets), "", *intervals(now, presets)]
     contexts = ", ".join(f"{a} {agent_context(a)}" for a in agents)
     lines = [f"# Normalized scores, protocol `{protocol}` (last checkpoint, mean ± std over seeds)", "",
              f"Each cell: score (n = seeds) and mean training wall-clock per run in minutes (over the runs that "
