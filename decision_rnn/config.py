@@ -118,7 +118,8 @@ class TrainConfig:
     decay_all: bool = True
     """True: weight decay on every parameter, as DT's gym code (`AdamW(model.parameters(), ...)`). False: on the
     weights of linear maps only; LayerNorms, biases, the timestep embedding table and the LRU's nu_log, theta_log
-    and gamma_log get none, as in minGPT's and nanoGPT's parameter groups (`decision_rnn.training.optim`)."""
+    and gamma_log get none, as in minGPT's and nanoGPT's parameter groups (`decision_rnn.training.optim`).
+    Measured on the results grid against True and not adopted by any preset (docs/results.md)."""
     warmup_steps: int = 10_000
     """Linear warm-up of the learning rate. DT: warmup_steps=10000."""
     lr_decay: LrDecay = "none"
@@ -137,7 +138,8 @@ class TrainConfig:
     over the action dimensions, act_dim times ours; the norm is clipped at grad_clip / act_dim
     (`decision_rnn.training.optim.grad_clip_norm`), so one value means the same on every task: 0.25 clips at
     0.25 / 3 on Hopper (3 action dimensions) as `total` with 0.25 / 3 does, and at 0.25 / 6 on Walker2d (6),
-    where `total` with 0.25 / 3 clips twice as loosely as d3rlpy."""
+    where `total` with 0.25 / 3 clips twice as loosely as d3rlpy. Measured on the walker2d datasets against the
+    CPU protocol's 0.25 / 3 and not adopted by any preset (docs/results.md)."""
     seed: int = 0
     """Seed of the initial weights, the batches drawn and dropout: a run is reproduced by its seed (on the CPU)."""
     device: str = "cpu"

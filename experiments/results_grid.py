@@ -402,7 +402,7 @@ def write_report(frame, protocol):
              f"recorded it: the `d3rlpy-model` runs adopted from the recipe ablation did not). Context: {contexts}.",
              "", *table, "", *summary, "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
-             *pairs(now), *against_previous(frame),
+             *pairs(now), *against_previous(frame), *candidates(now),
              "", noise(now, stats), *later_seeds(now)]
     curves_path = ROOT / "results" / f"grid_{protocol}_curves.csv"
     swept = sweep_means(now, pd.read_csv(curves_path)) if curves_path.exists() else now.iloc[:0]
@@ -562,6 +562,23 @@ def pairs(frame: pd.DataFrame) -> list[str]:
             + [line for a in RECURRENT if a in present and base_agent(a) in present
                for line in paired(frame, a, base_agent(a))]
             + [line for a, b in SIMPLIFIES.items() if {a, b} <= present for line in paired(frame, a, b)])
+
+
+def candidates(frame: pd.DataFrame) -> list[str]:
+    """Each candidate against the agent it changes, on the (dataset, seed) runs both have: P(candidate > base)
+    with its 95% interval (what the adoption rule in `CANDIDATES` is read beside)."""
+    lines = []
+    for a in CANDIDATES:
+        b = base_agent(a)
+        both = frame[frame.agent.isin([a, b])].pivot_table(index=["dataset", "seed"], columns="agent",
+                                                           values="score").dropna()
+        if a not in both or b not in both or both.empty:
+            continue
+        runs = {agent: {d: g[agent].to_numpy() for d, g in both.groupby(level="dataset")} for agent in (a, b)}
+        p, low, high = improvement_interval(runs[a], runs[b])
+        lines.append(f"- candidate {a} against {b}, on the {len(both)} runs both have: P({a} > {b}) = {p:.2f} "
+                     f"[{low:.2f}, {high:.2f}]")
+    return lines
 
 
 def paired(frame: pd.DataFrame, a: str, b: str) -> list[str]:

@@ -482,3 +482,10 @@ def test_selection_check_scores_the_pick_on_the_dataset_it_did_not_see(grid):
     assert (first["picked on the rest"], first["its held-out score"], first["best held out"]) == ("b", 80.0, "a")
     two = check.replay(table, {"first three": datasets[:3], "last three": datasets[3:]}).set_index("held out")
     assert two.loc["last three", "picked on the rest"] == "a" and two.loc["first three", "picked on the rest"] == "b"
+
+
+def test_candidates_are_judged_on_the_runs_both_agents_have(grid):
+    rows = [("walker2d-medium", "mingru", seed, 80.0) for seed in range(6)]  # seeds 3-5 have no candidate run
+    rows += [("walker2d-medium", "mingru-clip-per-dim", seed, 90.0) for seed in range(3)]
+    (line,) = grid.candidates(pd.DataFrame(rows, columns=["dataset", "agent", "seed", "score"]))
+    assert "on the 3 runs both have: P(mingru-clip-per-dim > mingru) = 1.00 [1.00, 1.00]" in line
