@@ -7,8 +7,9 @@ same datasets. This replays the choice without the dataset it is scored on: for 
 environment), pick the agent with the best mean score on the others, then read the picked agent's score on the
 held-out one. The mean of those held-out scores is an honest estimate of "the grid's winner" as a recipe; set
 against the in-sample winner's mean and against fixed choices (each agent picked regardless of the data), it
-says how much of the winner's lead is selection. Candidates: our agents (d3rlpy's DT is the reference, not a
-recipe) with three seeds on every dataset; a cell's score is the mean of its seeds 0-2.
+says how much of the winner's lead is selection. The pool: our agents (d3rlpy's DT is the reference, not a
+recipe) with three seeds on every dataset, less the grid's `CANDIDATES` (one-field variants measured against
+`fast`, as the grid's summary leaves them out); a cell's score is the mean of its seeds 0-2.
 Reads results/grid_cpu.csv (current rows only); writes results/selection_check_cpu.md.
 """
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "experiments"))  # the grid's modules
-from results_grid import DATASETS, current  # noqa: E402
+from results_grid import CANDIDATES, DATASETS, current  # noqa: E402
 
 from decision_rnn.evaluation.aggregate import improvement_interval  # noqa: E402
 
@@ -29,9 +30,9 @@ SEEDS = (0, 1, 2)
 
 
 def full_runs(frame: pd.DataFrame) -> pd.DataFrame:
-    """Seed 0-2 runs of our agents that have all three seeds on every dataset."""
+    """Seed 0-2 runs of our agents (not the candidates) that have all three seeds on every dataset."""
     runs = current(frame)
-    runs = runs[runs.seed.isin(SEEDS) & (runs.agent != "d3rlpy-dt")]
+    runs = runs[runs.seed.isin(SEEDS) & (runs.agent != "d3rlpy-dt") & ~runs.agent.isin(CANDIDATES)]
     counts = runs.groupby(["agent", "dataset"]).seed.nunique().unstack()
     full = counts.index[(counts.reindex(columns=list(DATASETS)) == len(SEEDS)).all(axis=1)]
     return runs[runs.agent.isin(full)]
