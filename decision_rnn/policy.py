@@ -80,9 +80,10 @@ class Policy:
             raise ValueError(f"unknown runtime {runtime!r}; choices: {list(RUNTIMES)}")
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be 'float32' or 'float16' (fused runtime only), got {weights!r}")
-        self.device = resolve_device(device)
-        if runtime not in ("auto", "torch") and self.device.type != "cpu":
+        on_cpu = str(device).split(":")[0] in ("cpu", "auto")  # the pairing is refused before the device is sought
+        if runtime not in ("auto", "torch") and (not on_cpu or resolve_device(device).type != "cpu"):
             raise ValueError(f"runtime={runtime!r} runs on the CPU, got device={device!r}; use runtime='torch'")
+        self.device = resolve_device(device)
         self.model = copy.deepcopy(model).to(self.device).eval()
         if runtime == "auto":
             runtime = "fused" if weights != "float32" else auto_runtime(self.model, self.device)
