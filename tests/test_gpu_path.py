@@ -161,6 +161,7 @@ def test_gpu_check_quick_writes_every_section(tmp_path):
     statuses = [line for line in table.splitlines() if line.startswith("Status:")]
     assert len(statuses) == 7 and all(s.startswith("Status: ok") for s in statuses), statuses
     assert "mingru mixer" in table and "nn.GRU" in table and "lstm block" in table
+    assert "output dtype under bfloat16 autocast: mingru mixer bfloat16" in table  # the rows say what ran
     assert "score_mean" in table
     assert {p: p.stat().st_mtime_ns for p in sorted((ROOT / "results").iterdir())} == before, "wrote into results/"
 
@@ -213,6 +214,20 @@ def test_training_on_gpu_is_finite(backbone, embedded, tmp_path):
     for _ in range(5):
         loss, grad_norm = (float(v) for v in trainer.update())
         assert torch.isfinite(torch.tensor([loss, grad_norm])).all(), backbone
+
+
+@on_gpu
+def test_trainer_state_restores_the_training_devices_generator(embedded, tmp_path):
+    """trainer.pt holds the CUDA generator of the training device alone, so a machine that sees fewer GPUs
+    resumes it, and restoring it replays the same random numbers (dropout) on that device."""
+    model_cfg = ModelConfig(obs_dim=embedded.obs_dim, act_dim=embedded.act_dim, embed_dim=32, n_layers=2)
+    trainer = Trainer(build_model(embedded, model_cfg), embedded, TrainConfig(steps=2, batch_size=16, device="cuda"),
+                      tmp_path)
+    state = trainer.state_dict()
+    assert isinstance(state["cuda_rng"], torch.Tensor)
+    first = torch.rand(3, device="cuda")
+    trainer._restore_rng(state)
+    assert torch.equal(torch.rand(3, device="cuda"), first)
 
 
 @on_gpu

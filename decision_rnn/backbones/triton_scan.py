@@ -22,6 +22,7 @@ not tuned for any GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -175,7 +176,9 @@ def _launch(kernel, *tensors) -> None:
     B, T, N = x.shape[:3]
     acc = tl.float64 if x.dtype == torch.float64 else tl.float32
     chunk = min(MAX_CHUNK, max(16, triton.next_power_of_2(T)))
-    kernel[(B, triton.cdiv(N, BLOCK_N))](*tensors, T, N, ACC=acc, CHUNK=chunk, BLOCK=BLOCK_N)
+    # Triton launches on the current CUDA device; make it the tensors' one (a run on cuda:1, say)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        kernel[(B, triton.cdiv(N, BLOCK_N))](*tensors, T, N, ACC=acc, CHUNK=chunk, BLOCK=BLOCK_N)
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:

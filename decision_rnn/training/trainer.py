@@ -18,6 +18,7 @@ host sync) only every `log_every` updates, at checkpoints and at evaluations.
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -35,7 +36,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig, resolve_device, validate
@@ -49,6 +49,30 @@ log = logging.getLogger(__name__)
 
 EvalHook = Callable[[DecisionRNN, int], dict[str, float]]
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "updates_per_s", "elapsed_s"]
+
+
+class ExponentialAverage:
+    """The exponential moving average of a model's parameters and buffers, updated on the device.
+
+    The first update copies the weights; each later one moves the average a fraction 1 - decay towards them, as
+    torch's `AveragedModel` with `get_ema_multi_avg_fn` does. That class keeps its update count in a tensor and
+    reads it on the host every update, a device sync on CUDA; here the count is a Python int.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.n_averaged = 0
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        average = [*self.module.parameters(), *self.module.buffers()]
+        current = [*model.parameters(), *model.buffers()]
+        if self.n_averaged == 0:
+            torch._foreach_copy_(average, current)
+        else:
+            torch._foreach_lerp_(average, current, 1.0 - self.decay)
+        self.n_averaged += 1
 
 
 class NonFiniteError(RuntimeError):
@@ -139,8 +163,7 @@ class Trainer:
         self._stream = isinstance(self.sampler, StreamSampler)  # carries the backbone state between updates
         self.optimizer = make_optimizer(model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, config))
-        self.ema = None if config.ema_decay is None else AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        self.ema = None if config.ema_decay is None else ExponentialAverage(model, config.ema_decay)
         self.clip = grad_clip_norm(config, model.config.act_dim)
         self.step = 0
         self.skipped = 0  # batches skipped for a non-finite loss or gradient (`skip_nonfinite`)
@@ -163,8 +186,9 @@ class Trainer:
         return self.model if self.ema is None else self.ema.module
 
     def _rng_state(self) -> dict[str, Any]:
+        # the training device's generator alone: a run resumes on a machine that sees fewer GPUs
         return {"torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
 
     def state_dict(self) -> dict[str, Any] | None:
         """What resume needs beside the weights. Under a process group every rank must call it (the ranks' RNG
@@ -207,7 +231,7 @@ class Trainer:
         state = load_trainer_state(ckpt)
         if self.ema is not None:
             self.model.load_state_dict(state["weights"])
-            self.ema.n_averaged.copy_(state["ema_n_averaged"])
+            self.ema.n_averaged = int(state["ema_n_averaged"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
@@ -236,8 +260,8 @@ class Trainer:
             torch.manual_seed(int(seed))
             return
         torch.set_rng_state(rngs[self.rank]["torch_rng"])
-        if rngs[self.rank].get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rngs[self.rank]["cuda_rng"])
+        if rngs[self.rank].get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rngs[self.rank]["cuda_rng"], self.device)
 
     # What may change when a run is resumed: how long it runs and how it logs, checkpoints and evaluates.
     RESUMABLE = {"steps", "log_every", "checkpoint_every", "eval_every", "eval_episodes", "target_return", "device",
