@@ -262,7 +262,7 @@ def cmd_evaluate(args) -> int:
     run = args.run or quickstart(args)
     summary = evaluate_run(run, episodes=args.episodes, target_returns=args.target_return,
                            seeds=args.seed or [0], device=args.device, runtime=args.runtime,
-                           weights=args.weights, workers=args.workers)
+                           weights=args.weights, workers=args.workers, out_dir=args.out_dir)
     if summary is not None:  # under torchrun, rank 0's
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     distributed.shutdown()
@@ -326,6 +326,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
                    help="processes to split the episodes over, each with its own envs and policy: the same "
                         "episodes and scores as one process (to rounding with the fused runtime at its BLAS batch "
                         "sizes); under torchrun the ranks split them instead")
+    p.add_argument("--out-dir", help="where the evaluation's files go (default: eval/ in the run, or in the "
+                                     "checkpoint when one is given); a run that cannot be written needs one")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of a table")
     p.add_argument("--quickstart-steps", type=_at_least(1), default=1500, help=argparse.SUPPRESS)
     p.add_argument("--quickstart-out", default="runs/quickstart", help=argparse.SUPPRESS)
@@ -372,13 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# a full disk, a place the user may not write to, a path that cannot be: the message names the path
+USER_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.ENAMETOOLONG, errno.ENOTDIR}
+
+
 def is_user_error(error: BaseException) -> bool:
     """Whether `error` is a mistake in what was given (printed as a message) rather than a bug (a traceback)."""
     from .training.checkpoint import CheckpointError
     from .training.trainer import NonFiniteError
 
     return isinstance(error, (UserError, ValueError, CheckpointError, FileNotFoundError, FileExistsError,
-                              NonFiniteError)) or (isinstance(error, OSError) and error.errno == errno.ENOSPC)
+                              NonFiniteError)) or (isinstance(error, OSError) and error.errno in USER_ERRNOS)
 
 
 def main(argv=None) -> int:

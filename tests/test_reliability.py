@@ -168,6 +168,37 @@ def test_a_save_removes_only_the_temp_dirs_of_dead_processes(tmp_path, embedded)
         live.wait()
 
 
+def test_a_save_killed_while_replacing_a_step_leaves_the_earlier_copy(tmp_path, embedded):
+    """Saving a step that exists moves the old copy aside, then renames the new one in; killed between the two,
+    the next save (or resume) puts the old copy back instead of deleting it."""
+    from decision_rnn import ModelConfig
+    from decision_rnn.training import build_model, save_checkpoint
+
+    model = build_model(embedded, ModelConfig(obs_dim=11, act_dim=3, embed_dim=8, n_layers=1, tokens="compact"))
+    root = tmp_path / "checkpoints"
+    save_checkpoint(tmp_path, model, 4)
+    before = snapshot(root / "step_00000004")
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    os.rename(root / "step_00000004", root / f".old-step_00000004-{dead.pid}")  # killed after the first rename
+    (root / f".tmp-step_00000004-{dead.pid}").mkdir()  # and the new copy never renamed in
+    save_checkpoint(tmp_path, model, 2)
+    assert snapshot(root / "step_00000004") == before
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000002", "step_00000004"]
+    assert load_model(root / "step_00000004")[1]["step"] == 4
+
+
+def test_the_newest_checkpoint_is_found_by_its_number_past_ten_to_the_eight(tmp_path, embedded):
+    from decision_rnn import ModelConfig
+    from decision_rnn.training import build_model, find_checkpoint, save_checkpoint
+
+    model = build_model(embedded, ModelConfig(obs_dim=11, act_dim=3, embed_dim=8, n_layers=1, tokens="compact"))
+    for step in (99_999_999, 100_000_000):
+        save_checkpoint(tmp_path, model, step)
+    (tmp_path / "checkpoints" / "latest").unlink()  # found by listing, as after a crash before `latest` was written
+    assert find_checkpoint(tmp_path).name == "step_100000000"
+
+
 @pytest.mark.parametrize("empty", [False, True])
 def test_resume_of_a_missing_or_empty_directory_is_an_error(tmp_path, capsys, empty):
     out = tmp_path / "typo"
@@ -320,6 +351,69 @@ def test_evaluations_never_replace_earlier_ones(run, capsys):
     assert [(r["evaluation"], float(r["target_return"]), r["seeds"], r["episodes"]) for r in index] == [
         (names[0], 3600.0, "0", "1"), (names[1], 1800.0, "1", "1"), (names[2], 3600.0, "0", "1")]
     assert sorted(os.listdir(eval_dir)) == sorted([*names, "index.csv"])
+
+
+def test_an_evaluation_keeps_to_the_checkpoint_it_loaded(run, monkeypatch, capsys):
+    """Training may save a newer checkpoint while an evaluation runs: its workers load the one the summary names."""
+    from decision_rnn.evaluation import report
+
+    real = report.rollouts
+    loaded = []
+
+    def newer_saved_meanwhile(*args, load, **kwargs):
+        shutil.copytree(run / "checkpoints" / "step_00000004", run / "checkpoints" / "step_00000006")
+        (run / "checkpoints" / "latest").write_text("step_00000006")
+        loaded.append(load().meta["path"])
+        return real(*args, load=load, **kwargs)
+
+    monkeypatch.setattr(report, "rollouts", newer_saved_meanwhile)
+    assert main(["evaluate", str(run), "--episodes", "1", "--runtime", "torch", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["checkpoint_step"] == 4
+    assert loaded == [summary["checkpoint"]] and summary["checkpoint"].endswith("step_00000004")
+
+
+def test_an_evaluation_that_cannot_write_its_files_fails_before_its_episodes(run, tmp_path, monkeypatch, capsys):
+    from decision_rnn.evaluation import report
+
+    def no_episodes(*args, **kwargs):
+        raise AssertionError("episodes ran before the output folder was known to be writable")
+
+    monkeypatch.setattr(report, "rollouts", no_episodes)
+    (tmp_path / "a-file").write_text("")
+    refused(capsys, ["evaluate", str(run), "--out-dir", str(tmp_path / "a-file" / "eval")], "Not a directory",
+            str(tmp_path / "a-file" / "eval"))
+
+
+def test_an_evaluation_that_fails_leaves_no_folder_and_out_dir_takes_the_files(run, tmp_path, monkeypatch, capsys):
+    from decision_rnn.evaluation import report
+
+    def crashed(*args, **kwargs):
+        raise RuntimeError("the env crashed")
+
+    real = report.rollouts
+    monkeypatch.setattr(report, "rollouts", crashed)
+    before = snapshot(run)
+    with pytest.raises(RuntimeError, match="the env crashed"):
+        report.evaluate_run(run, episodes=1, runtime="torch")
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if not k.startswith("eval")} == before
+    assert [k for k in after if k.startswith("eval" + os.sep)] == []  # eval/ itself may be new, but empty
+    monkeypatch.setattr(report, "rollouts", real)
+    assert main(["evaluate", str(run), "--episodes", "1", "--runtime", "torch", "--out-dir", str(tmp_path / "out"),
+                 "--json"]) == 0
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert files["summary"].startswith(str(tmp_path / "out")) and os.path.exists(files["episodes"])
+
+
+def test_evaluation_names_stay_short_with_many_seeds():
+    from decision_rnn.evaluation.report import evaluation_name
+
+    few = evaluation_name(4, [3600.0], [0, 1], 10, "fused", "float32")
+    many = [evaluation_name(4, [3600.0, 1800.0], list(range(n, n + 100)), 10, "fused", "float32") for n in (0, 1)]
+    assert few == "step_00000004-target_3600-seeds_0_1-episodes_10-fused"
+    assert many[0] != many[1] and all(len(name) < 100 for name in many), many
+    assert many[0].startswith("step_00000004-target_3600_1800-seeds_100-")
 
 
 # ---- 8: validation before work --------------------------------------------------------------------------------

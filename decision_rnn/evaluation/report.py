@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import pandas as pd
 
 from ..config import resolve_device
 from ..policy import Policy
+from ..training import distributed
 from .rollout import default_target_return, rollouts
 
 
@@ -44,8 +46,9 @@ INDEX_FIELDS = ["evaluation", "checkpoint_step", "target_return", "seeds", "epis
 
 def evaluation_name(step: int, targets, seeds, episodes: int, runtime: str, weights: str) -> str:
     """`step_00003000-target_3600-seeds_0_1-episodes_10-torch`: what an evaluation's folder is keyed by."""
-    def join(values):
-        return "_".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+    def join(values):  # many values: their count and a hash, so that the name fits a file system's limit
+        joined = "_".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+        return joined if len(joined) <= 40 else f"{len(values)}-{hashlib.sha1(joined.encode()).hexdigest()[:10]}"
 
     name = f"step_{step:08d}-target_{join(targets)}-seeds_{join(seeds)}-episodes_{episodes}-{runtime}"
     return name if weights == "float32" else f"{name}-{weights}"
@@ -94,18 +97,35 @@ def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="c
     if target_returns is not None and not all(math.isfinite(t) for t in target_returns):
         raise ValueError(f"target returns must be finite numbers, got {list(target_returns)}")
     resolve_device(str(device))  # a clear error for cuda without a GPU, before loading anything
-    policy = Policy.load(run, device=device, runtime=runtime, weights=weights)
+    # One checkpoint for every process, though training may save a newer one meanwhile: rank 0 (or this process)
+    # picks it, the other ranks and the workers load that one
+    distributed.init("cpu")
+    main = distributed.rank() == 0
+    policy = Policy.load(run, device=device, runtime=runtime, weights=weights) if main else None
+    checkpoint = distributed.broadcast(policy.meta["path"] if main else None)
+    if not main:
+        policy = Policy.load(checkpoint, device=device, runtime=runtime, weights=weights)
     runtime = policy.runtime  # the one `auto` picked
     env_id = policy.env_id
     targets = [float(t) for t in (target_returns or [default_target_return(env_id)])]
     ref = policy.meta.get("ref_min_score"), policy.meta.get("ref_max_score")  # the training data's
     runs = [(t, s) for t in targets for s in seeds]
-    frames = rollouts(policy, env_id, episodes, [(t, s * 1_000_003) for t, s in runs], ref=ref, workers=workers,
-                      load=partial(Policy.load, run, device=device, runtime=runtime, weights=weights))
+    given = Path(run).resolve() == Path(checkpoint).resolve()  # a checkpoint, not a run directory
+    ckpt = Path(checkpoint)
+    root = Path(out_dir or (ckpt if given else ckpt.parent.parent) / "eval")
+    # the folder is claimed before the episodes run: a place that cannot be written fails now, not after them
+    folder = _claim_dir(root, evaluation_name(policy.meta["step"], targets, seeds, episodes, runtime, weights)) \
+        if main else None
+    try:
+        frames = rollouts(policy, env_id, episodes, [(t, s * 1_000_003) for t, s in runs], ref=ref, workers=workers,
+                          load=partial(Policy.load, checkpoint, device=device, runtime=runtime, weights=weights))
+    except BaseException:
+        if folder is not None:
+            folder.rmdir()  # still empty: an evaluation that did not finish leaves nothing
+        raise
     if frames is None:  # a rank other than 0 under torchrun: rank 0 has the episodes and writes them
         return None
     frame = pd.concat([f.assign(seed_group=s) for f, (_, s) in zip(frames, runs)], ignore_index=True)
-    given = Path(run).resolve() == Path(policy.meta["path"]).resolve()  # a checkpoint, not a run directory
     summary = {
         "run": str(run),
         "checkpoint": policy.meta["path"],
@@ -122,9 +142,6 @@ def evaluate_run(run, *, episodes=10, target_returns=None, seeds=(0,), device="c
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": summarize(frame),
     }
-    ckpt = Path(policy.meta["path"])
-    root = Path(out_dir or (ckpt if given else ckpt.parent.parent) / "eval")
-    folder = _claim_dir(root, evaluation_name(policy.meta["step"], targets, seeds, episodes, runtime, weights))
     frame.to_csv(folder / "episodes.csv", index=False)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _append_index(root / "index.csv", [

@@ -40,6 +40,7 @@ from ..models import DecisionRNN
 FORMAT_VERSION = 2
 WEIGHTS, META, TRAINER, SUMS = "model.safetensors", "meta.json", "trainer.pt", "SHA256SUMS"
 TMP_PREFIX = ".tmp-"
+OLD_PREFIX = ".old-"  # a checkpoint moved aside while the same step is saved again
 
 
 class CheckpointError(RuntimeError):
@@ -92,13 +93,23 @@ def remove_stale_temps(ckpt_root: Path, *, any_pid: bool = False) -> None:
 
     By default only those of this process and of processes no longer running: another live process's
     save in progress is never touched. `any_pid`: every one (for a caller holding the run's lock)."""
+    def abandoned(path: Path) -> bool:
+        pid = path.name.rsplit("-", 1)[-1]
+        return any_pid or not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid))
+
     for stale in ckpt_root.glob(f"*{TMP_PREFIX}*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if any_pid or not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+        if abandoned(stale):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
+    for old in ckpt_root.glob(f"{OLD_PREFIX}*"):
+        if abandoned(old):
+            final = ckpt_root / old.name.removeprefix(OLD_PREFIX).rsplit("-", 1)[0]
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:  # a save killed between its two renames: the earlier copy is the checkpoint
+                os.rename(old, final)
 
 
 def save_checkpoint(
@@ -144,7 +155,7 @@ def save_checkpoint(
         raise
     old = None
     if final.exists():  # the same step saved again: move the old copy aside first, so a kill leaves one of the two
-        old = ckpt_root / f".tmp-old-{name}-{os.getpid()}"
+        old = ckpt_root / f"{OLD_PREFIX}{name}-{os.getpid()}"
         os.rename(final, old)
     os.rename(tmp, final)
     _fsync_dir(ckpt_root)
@@ -152,6 +163,12 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     write_text_atomic(ckpt_root / "latest", name + "\n")
     return final
+
+
+def _step_of(ckpt: Path) -> int:
+    """The update a `step_*` folder holds, for ordering (its name has 8 digits up to step 10^8, more beyond)."""
+    digits = ckpt.name.removeprefix("step_")
+    return int(digits) if digits.isdigit() else -1
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -167,7 +184,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         candidate = root / latest.read_text().strip()
         if candidate.is_dir():
             return candidate
-    found = sorted(p for p in root.glob("step_*") if (p / META).exists())
+    found = sorted((p for p in root.glob("step_*") if (p / META).exists()), key=_step_of)
     if not found:
         raise CheckpointError(
             f"no checkpoint found under {path}: expected a run directory with checkpoints/step_*/"
@@ -210,7 +227,8 @@ def _problem(ckpt: Path, *, verify: bool = True) -> tuple[dict[str, Any] | None,
 
 def _refusal(ckpt: Path, problem: str) -> CheckpointError:
     """The error for an unusable checkpoint, naming the sound checkpoints beside it to fall back to."""
-    intact = [p for p in sorted(ckpt.parent.glob("step_*"), reverse=True) if p != ckpt and _problem(p)[1] is None]
+    intact = [p for p in sorted(ckpt.parent.glob("step_*"), key=_step_of, reverse=True)
+              if p != ckpt and _problem(p)[1] is None]
     if intact:
         fallback = (f"intact checkpoints beside it, newest first: {', '.join(p.name for p in intact)} (load one by "
                     f"its path, e.g. {intact[0]}; to resume from it, move {ckpt.name} out of {ckpt.parent})")

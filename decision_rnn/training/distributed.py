@@ -114,6 +114,15 @@ def gather(obj: Any) -> list[Any] | None:
     return out
 
 
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` (picklable) on every rank; `obj` itself without a group."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shutdown() -> None:
     """Leave the process group (each rank, once its work is done)."""
     if active():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import logging
 import math
 import os
@@ -42,7 +43,14 @@ from ..config import TrainConfig, resolve_device, validate
 from ..data import EpisodeSampler, StreamSampler, WindowSampler
 from ..models import DecisionRNN
 from . import distributed
-from .checkpoint import CheckpointError, find_checkpoint, load_model, load_trainer_state, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_model,
+    load_trainer_state,
+    save_checkpoint,
+    write_text_atomic,
+)
 from .optim import grad_clip_norm, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -311,11 +319,12 @@ class Trainer:
                 rows = list(csv.DictReader(f))
             fields = list(rows[0]) if rows else None
             kept = [r for r in rows if int(float(r["step"])) <= step]
-            with open(path, "w", newline="") as f:
-                if fields:
-                    writer = csv.DictWriter(f, fieldnames=fields)
-                    writer.writeheader()
-                    writer.writerows(kept)
+            text = io.StringIO()
+            if fields:
+                writer = csv.DictWriter(text, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(kept)
+            write_text_atomic(path, text.getvalue())  # a kill meanwhile leaves the whole log, never part of it
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
         if self._tensorboard is not None:
