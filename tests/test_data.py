@@ -254,6 +254,32 @@ def test_unknown_minari_id_lists_local_datasets_and_searched_path(embedded_copy,
     assert embedded_copy.name in message and "download=True" in message
 
 
+def test_downloads_into_a_minari_root_take_turns(tmp_path, monkeypatch):
+    """torchrun's ranks all ask for a new dataset at once: one downloads while the others wait on a lock (minari
+    writes a dataset in place), so none reads it half written."""
+    import fcntl
+
+    from decision_rnn.data.minari import open_minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    held = []
+
+    def download(dataset_id, download):
+        with open(tmp_path / ".decision-rnn-download.lock") as other:  # what another process would meet
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return dataset_id
+
+    monkeypatch.setattr(minari, "load_dataset", download)
+    assert open_minari("zoo/hopper/new-v0", download=True) == "zoo/hopper/new-v0"
+    assert held == [True]
+    with open(tmp_path / ".decision-rnn-download.lock") as after:
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
+
+
 @requires_shared
 def test_unknown_minari_id_lists_shared_datasets():
     with pytest.raises(DatasetNotFoundError, match=r"zoo/hopper/medium-v0"):

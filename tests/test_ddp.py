@@ -52,6 +52,9 @@ def audit(event, args):  # rank > 0 must not write into the run directory
 if rank > 0:
     sys.addaudithook(audit)
 
+if rank == 1 and os.environ.get("TEST_OTHER_OUT"):  # a node that does not see rank 0's run directory
+    sys.argv[sys.argv.index("--out") + 1] = os.environ["TEST_OTHER_OUT"]
+
 from decision_rnn.training.trainer import Trainer
 
 fail_rank, fail_step = int(os.environ.get("TEST_FAIL_RANK", -1)), int(os.environ.get("TEST_FAIL_STEP", -1))
@@ -207,6 +210,26 @@ def test_a_failing_rank_fails_the_job_with_its_error(tmp_path):
     assert done.returncode != 0
     assert "RuntimeError: injected failure in rank 1 at step 3" in done.stderr
     assert seconds < 150  # torchrun stops rank 0, which waits on rank 1's gradients, long before the group timeout
+
+
+@pytest.mark.slow
+def test_a_rank_that_reads_another_run_directory_stops_the_job(tmp_path):
+    """Resuming on several nodes needs one run directory they all see: a rank that resumes at another step than
+    rank 0 (its node has another copy, or none) ends the job saying so, rather than training out of step."""
+    import shutil
+
+    from decision_rnn.cli import main
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": MODEL, "train": TRAIN}))
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    assert main(["train", "--config", str(config), "--out", str(run), "--steps", "10"]) == 0
+    shutil.copytree(run, elsewhere)
+    shutil.rmtree(elsewhere / "checkpoints")  # a stale copy: the run's files, none of its checkpoints
+    done, _ = torchrun(tmp_path, run, "train", "--config", config, "--out", run, "--resume", other_out=elsewhere)
+    assert done.returncode != 0
+    assert f"rank 1 resumes {elsewhere} at step 0, rank 0 at step 10" in done.stderr, done.stderr[-3000:]
+    assert load_model(run)[1]["step"] == 10  # nothing trained out of step was saved
 
 
 # ---- evaluation over processes -------------------------------------------------------------------------------

@@ -85,6 +85,22 @@ def test_resume_after_an_interruption_keeps_the_cosine_schedule(embedded, tmp_pa
     assert lrs[-1] == pytest.approx(1e-4) and lrs[15] > lrs[25]  # decayed to lr / 10 at the last update
 
 
+def test_the_logged_learning_rate_is_the_one_the_update_used(embedded, tmp_path, monkeypatch):
+    model_cfg, cfg = small_configs(embedded, 3, warmup_steps=10)
+    used = []
+    real_step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    train(embedded, model_cfg, cfg, tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "log.csv") as f:
+        logged = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert logged == pytest.approx(used) == [1e-4, 2e-4, 3e-4]  # warm-up: update s at lr * (s + 1) / 10
+
+
 def test_ema_checkpoints_hold_the_average_of_the_weights_and_resume_exactly(embedded, tmp_path, monkeypatch):
     model_cfg, plain = small_configs(embedded, 30, checkpoint_every=10, context="window")
     _, ema_cfg = small_configs(embedded, 30, checkpoint_every=10, context="window", ema_decay=0.9)

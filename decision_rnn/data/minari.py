@@ -9,6 +9,8 @@ storage formats go through ``iterate_episodes``; both paths give identical array
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import pathlib
@@ -48,8 +50,19 @@ def open_minari(source: str | os.PathLike, *, download: bool = False) -> minari.
     dataset_id = str(source)
     if not (get_dataset_path(dataset_id) / "data").is_dir() and not download:
         raise DatasetNotFoundError(_not_found_message(dataset_id))
-    with unreadable_hdf5(get_dataset_path(dataset_id) / "data" / "main_data.hdf5"):
-        return minari.load_dataset(dataset_id, download=download)
+    with _one_download_at_a_time() if download else contextlib.nullcontext():
+        with unreadable_hdf5(get_dataset_path(dataset_id) / "data" / "main_data.hdf5"):
+            return minari.load_dataset(dataset_id, download=download)
+
+
+@contextlib.contextmanager
+def _one_download_at_a_time() -> Iterator[None]:
+    """A lock on the Minari root while a dataset may be downloaded: minari writes a dataset in place, so the ranks of
+    a torchrun job (or two trainings) asking for a new dataset at once would read it half written. The first
+    downloads; the others wait, then find it complete."""
+    with open(get_dataset_path() / ".decision-rnn-download.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def _not_found_message(dataset_id: str) -> str:

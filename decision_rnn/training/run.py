@@ -25,7 +25,7 @@ from ..config import ModelConfig, TrainConfig, validate
 from ..errors import RunDirError
 from ..models import DecisionRNN
 from . import distributed
-from .checkpoint import TMP_PREFIX, remove_stale_temps, write_text_atomic
+from .checkpoint import TMP_PREFIX, CheckpointError, remove_stale_temps, write_text_atomic
 from .trainer import EvalHook, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,11 @@ def train(
         distributed.barrier()  # the other ranks read the run once rank 0 has prepared it
         if resume and not trainer.resume() and main:
             log.info("no checkpoint in %s yet: starting at step 0", out)
+        first = distributed.broadcast(trainer.step)
+        if trainer.step != first:  # this rank read another run directory than rank 0's
+            raise CheckpointError(f"rank {trainer.rank} resumes {out} at step {trainer.step}, rank 0 at step {first}: "
+                                  "every rank must see the same run directory (on several nodes, a shared "
+                                  "filesystem)")
         if main:
             write_text_atomic(out / "config.json", json.dumps(
                 {"model": asdict(model_config), "train": asdict(train_config), **meta}, indent=2) + "\n")

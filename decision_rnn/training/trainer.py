@@ -441,7 +441,9 @@ class Trainer:
                 bar.update(1)
                 at_log = self.step % c.log_every == 0 or self.step == c.steps
                 at_checkpoint = self.step % c.checkpoint_every == 0 or self.step == c.steps
-                at_eval = self.eval_hook is not None and c.eval_every and self.step % c.eval_every == 0
+                # the same on every rank, whichever of them has a hook: the ranks meet at the barrier below
+                at_eval = bool(c.eval_every) and self.step % c.eval_every == 0 and (
+                    self.eval_hook is not None or self.world_size > 1)
                 if at_log or at_checkpoint or at_eval:
                     self._check_finite()
                 if at_log:
@@ -452,11 +454,11 @@ class Trainer:
                     if self.is_main:
                         bar.set_postfix(loss=f"{loss:.4f}")
                         row = dict(zip(LOG_FIELDS, [
-                            self.step, loss, self.scheduler.get_last_lr()[0], grad_norm.item(), rate, now - t0]))
+                            self.step, loss, c.lr * lr_factor(c, self.step - 1), grad_norm.item(), rate, now - t0]))
                         self._append("log.csv", row | ({"skipped": self.skipped} if c.skip_nonfinite else {}))
                 if at_checkpoint:  # before the evaluation, so that a failing evaluation loses no update
                     self.save()
-                if at_eval and self.is_main:
+                if at_eval and self.is_main and self.eval_hook is not None:
                     self._evaluate()
                 if at_checkpoint or at_eval:
                     distributed.barrier()  # the other ranks wait for rank 0's checkpoint and evaluation
