@@ -402,7 +402,7 @@ def write_report(frame, protocol):
              f"recorded it: the `d3rlpy-model` runs adopted from the recipe ablation did not). Context: {contexts}.",
              "", *table, "", *summary, "",
              "Paired by seed (same seed, same evaluation start states; only the seeds both agents have run):",
-             *pairs(now), *against_previous(frame), *candidates(now),
+             *pairs(now), *against_previous(frame), *simplifications(now), *candidates(now),
              "", noise(now, stats), *later_seeds(now)]
     curves_path = ROOT / "results" / f"grid_{protocol}_curves.csv"
     swept = sweep_means(now, pd.read_csv(curves_path)) if curves_path.exists() else now.iloc[:0]
@@ -565,20 +565,25 @@ def pairs(frame: pd.DataFrame) -> list[str]:
 
 
 def candidates(frame: pd.DataFrame) -> list[str]:
-    """Each candidate against the agent it changes, on the (dataset, seed) runs both have: P(candidate > base)
-    with its 95% interval (what the adoption rule in `CANDIDATES` is read beside)."""
-    lines = []
-    for a in CANDIDATES:
-        b = base_agent(a)
-        both = frame[frame.agent.isin([a, b])].pivot_table(index=["dataset", "seed"], columns="agent",
-                                                           values="score").dropna()
-        if a not in both or b not in both or both.empty:
-            continue
-        runs = {agent: {d: g[agent].to_numpy() for d, g in both.groupby(level="dataset")} for agent in (a, b)}
-        p, low, high = improvement_interval(runs[a], runs[b])
-        lines.append(f"- candidate {a} against {b}, on the {len(both)} runs both have: P({a} > {b}) = {p:.2f} "
-                     f"[{low:.2f}, {high:.2f}]")
-    return lines
+    """Each candidate against the agent it changes (what the adoption rule in `CANDIDATES` is read beside)."""
+    return [line for a in CANDIDATES if (line := chance_better(frame, a, base_agent(a), "candidate "))]
+
+
+def simplifications(frame: pd.DataFrame) -> list[str]:
+    """Each min-RNN against the classic RNN it simplifies: whether the simplification costs score."""
+    return [line for a, b in SIMPLIFIES.items() if (line := chance_better(frame, a, b))]
+
+
+def chance_better(frame: pd.DataFrame, a: str, b: str, label: str = "") -> str | None:
+    """P(a > b) with its 95% interval, on the (dataset, seed) runs both have; None where they share none."""
+    both = frame[frame.agent.isin([a, b])].pivot_table(index=["dataset", "seed"], columns="agent",
+                                                       values="score").dropna()
+    if a not in both or b not in both or both.empty:
+        return None
+    runs = {agent: {d: g[agent].to_numpy() for d, g in both.groupby(level="dataset")} for agent in (a, b)}
+    p, low, high = improvement_interval(runs[a], runs[b])
+    return (f"- {label}{a} against {b}, on the {len(both)} runs both have: P({a} > {b}) = {p:.2f} "
+            f"[{low:.2f}, {high:.2f}]")
 
 
 def paired(frame: pd.DataFrame, a: str, b: str) -> list[str]:

@@ -106,6 +106,8 @@ def test_flavoured_agents_pair_with_the_agent_they_change(grid):
     frame = pd.DataFrame([("hopper-medium", "mingru", 0, 70), ("hopper-medium", "gru", 0, 65)],
                          columns=["dataset", "agent", "seed", "score"])
     assert "- mingru − gru: hopper-medium +5.0 (n=1)" in "\n".join(grid.pairs(frame))  # what "min" costs
+    assert grid.simplifications(frame) == [
+        "- mingru against gru, on the 1 runs both have: P(mingru > gru) = 1.00 [1.00, 1.00]"]
 
 
 def test_paired_comparison_uses_only_the_seeds_both_agents_have(grid):
