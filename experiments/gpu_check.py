@@ -127,7 +127,8 @@ def section_backbones(args, sizes, rows_file, budget):
                 emit(rows_file, model=name, dtype=dtype, status=f"failed: {type(e).__name__}: {str(e)[:200]}")
     # what autocast made of each model: cuDNN's RNNs follow their own autocast rule, not the dtype asked for
     with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16):
-        out = {name: table[name][3](table[name][1], *table[name][2](8)).dtype for name in tables["bfloat16"]}
+        out = {name: call(module, *make_inputs(8)).dtype
+               for name, (_, module, make_inputs, call) in table.items() if name in tables["bfloat16"]}
     emit(rows_file, note="output dtype under bfloat16 autocast: " + ", ".join(
         f"{name} {str(dtype).removeprefix('torch.')}" for name, dtype in out.items()))
     start = time.perf_counter()
